@@ -1,0 +1,21 @@
+# Every target is one line; the work lives in bin/ and the package.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: venv demo test test-unit test-fleet bench lint clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	bin/venv $(VENV) && touch $@
+
+demo: venv
+	$(PY) bin/demo
+
+test: venv
+	$(PY) -m pytest -m "not fleet" tests
+
+lint: venv
+	$(VENV)/bin/ruff check glowtools tests bin && $(VENV)/bin/ruff format --check glowtools tests bin
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache
