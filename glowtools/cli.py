@@ -1,0 +1,78 @@
+"""What every tool's command line shares: options, logging and exit statuses."""
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated, NoReturn
+
+import typer
+
+from .defaults import DEFAULT_QUEUE, QUEUE_ENV
+from .errors import GlowError
+
+Queue = Annotated[
+    str | None,
+    typer.Option(
+        "--queue",
+        envvar=QUEUE_ENV,
+        show_envvar=True,
+        metavar="HOST:PORT",
+        help=f"beanstalkd address [default: {DEFAULT_QUEUE}]",
+    ),
+]
+Verbose = Annotated[
+    int, typer.Option("--verbose", "-v", count=True, help="Say more; twice for debug.")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Say only warnings.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON objects, one per line.")]
+
+
+def app(help_text: str) -> typer.Typer:
+    """Returns a single-command typer app that shows plain tracebacks."""
+    return typer.Typer(
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        help=help_text,
+    )
+
+
+def run(command: typer.Typer | Callable, prog: str) -> NoReturn:
+    """Runs a tool, turning expected errors into one line and an exit status."""
+    try:
+        command(prog_name=prog)
+    except GlowError as exc:
+        fail(prog, exc)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        # The reader went away (`glow-put ... | head`): nothing left to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+    sys.exit(0)
+
+
+def fail(prog: str, exc: GlowError) -> NoReturn:
+    """Prints `prog: message` on stderr and exits with the error's status."""
+    print(f"{prog}: {exc}", file=sys.stderr, flush=True)
+    sys.exit(exc.exit_status)
+
+
+def setup_logging(
+    prog: str, verbose: int = 0, quiet: bool = False, base: int = logging.WARNING
+) -> logging.Handler:
+    """Sends log lines to stderr, timestamped unless journald adds its own.
+
+    Each -v lowers the level one step below `base`; -q raises it to warnings.
+    """
+    steps = [logging.WARNING, logging.INFO, logging.DEBUG]
+    level = steps[min(steps.index(base) + verbose, 2)]
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"{stamp}{prog}: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if quiet else level)
+    return handler

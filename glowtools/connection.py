@@ -1,0 +1,184 @@
+"""Connecting to beanstalkd with timeouts, and putting jobs in pipelined batches."""
+
+import os
+import socket
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+
+import greenstalk
+
+from .defaults import (
+    COMMAND_TIMEOUT,
+    CONNECT_TIMEOUT,
+    DEFAULT_MAX_JOB_SIZE,
+    DEFAULT_PORT,
+    DEFAULT_QUEUE,
+    QUEUE_ENV,
+    TIMEOUT_ENV,
+)
+from .errors import AddressInvalid, QueueUnreachable, ServerRefused
+
+# How many puts are sent before their answers are read. Large enough to hide the
+# round trip, small enough that neither side's socket buffer fills up.
+PIPELINE_WINDOW = 512
+
+
+def queue_address(value: str | None = None) -> str:
+    """Returns the queue address from an option, else GLOW_QUEUE, else the default."""
+    return value or os.environ.get(QUEUE_ENV) or DEFAULT_QUEUE
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Splits host:port (or [v6]:port, or a bare host) into a host and a port."""
+    text = address.strip()
+    if not text:
+        raise AddressInvalid(address, "is empty")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if not sep or (rest and not rest.startswith(":")):
+            raise AddressInvalid(address, "has an unclosed [")
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    elif ":" in text:
+        raise AddressInvalid(address, "has more than one ':' (put IPv6 in [ ])")
+    else:
+        host, port_text = text, ""
+    if not host:
+        raise AddressInvalid(address, "has no host")
+    if not port_text:
+        return host, DEFAULT_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise AddressInvalid(address, f"has port {port_text!r}, not 1-65535")
+    return host, int(port_text)
+
+
+def connect(
+    address: str | None = None,
+    use: str = "default",
+    watch: str | Iterable[str] = "default",
+    timeout: float | None = None,
+) -> "Connection":
+    """Opens a connection; raises QueueUnreachable if the server is not there.
+
+    Every command then waits at most `timeout` seconds (GLOW_COMMAND_TIMEOUT,
+    else COMMAND_TIMEOUT) for its answer.
+    """
+    address = queue_address(address)
+    if timeout is None:
+        timeout = float(os.environ.get(TIMEOUT_ENV) or COMMAND_TIMEOUT)
+    host, port = parse_address(address)
+    try:
+        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+    except socket.gaierror as exc:
+        raise QueueUnreachable(address, f"host {host!r} does not resolve") from exc
+    except OSError as exc:
+        raise QueueUnreachable(address, _describe(exc)) from exc
+    sock.settimeout(timeout)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    return Connection(address, sock, use, watch)
+
+
+def _describe(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused the connection"
+    if isinstance(exc, TimeoutError):
+        return "stopped answering (timed out)"
+    if isinstance(exc, ConnectionResetError | BrokenPipeError) or exc.errno is None:
+        return "closed the connection"
+    return (exc.strerror or str(exc)).lower()
+
+
+class Connection(greenstalk.Client):
+    """A greenstalk client whose socket failures become QueueUnreachable.
+
+    Bodies are bytes: a listener must be able to take any body off a tube.
+    """
+
+    def __init__(self, address: str, sock: socket.socket, use, watch) -> None:
+        self.address = address
+        try:
+            super().__init__(sock, encoding=None, use=use, watch=watch)
+        except Exception:
+            sock.close()
+            raise
+
+    def _send_cmd(self, cmd: bytes, expected: bytes) -> list[bytes]:
+        with self._translated():
+            return super()._send_cmd(cmd, expected)
+
+    def _read_chunk(self, size: int) -> bytes:
+        with self._translated():
+            return super()._read_chunk(size)
+
+    def _translated(self):
+        return _translated(self.address)
+
+    def max_job_size(self) -> int:
+        """Returns the largest body the server accepts, in bytes."""
+        return int(self.stats().get("max-job-size", DEFAULT_MAX_JOB_SIZE))
+
+    def put_many(
+        self,
+        puts: Sequence[tuple[str, bytes, int, int, int]],
+        progress: Callable[[int], None] | None = None,
+    ) -> list[int]:
+        """Puts (tube, body, pri, delay, ttr) tuples pipelined; returns their ids.
+
+        Raises PartialPut, carrying the ids already inserted, if the batch stops.
+        `progress`, if given, is called with the count put after each window.
+        """
+        ids: list[int] = []
+        current = None
+        for start in range(0, len(puts), PIPELINE_WINDOW):
+            window = puts[start : start + PIPELINE_WINDOW]
+            wire, expect = [], []
+            for tube, body, pri, delay, ttr in window:
+                if tube != current:
+                    wire.append(b"use %s\r\n" % tube.encode())
+                    expect.append(False)
+                    current = tube
+                wire.append(b"put %d %d %d %d\r\n" % (pri, delay, ttr, len(body)))
+                wire.append(body + b"\r\n")
+                expect.append(True)
+            try:
+                with self._translated():
+                    self._sock.sendall(b"".join(wire))
+                    for is_put in expect:
+                        ids.extend(self._read_put_answer(is_put))
+            except Exception as exc:
+                raise PartialPut(ids, exc) from exc
+            if progress:
+                progress(len(ids))
+        return ids
+
+    def _read_put_answer(self, is_put: bool) -> list[int]:
+        line = self._reader.readline()
+        if not line:
+            raise ConnectionResetError("closed the connection")
+        word, _, rest = line.strip().partition(b" ")
+        if not is_put and word == b"USING":
+            return []
+        if is_put and word == b"INSERTED":
+            return [int(rest)]
+        raise ServerRefused(
+            f"beanstalkd at {self.address} answered {line.strip().decode()!r} to a put"
+        )
+
+
+class PartialPut(Exception):
+    """A pipelined batch stopped; `ids` were inserted before it did."""
+
+    def __init__(self, ids: list[int], cause: Exception) -> None:
+        self.ids = ids
+        self.cause = cause
+        super().__init__(str(cause))
+
+
+@contextmanager
+def _translated(address: str):
+    """Turns socket failures and a closed connection into QueueUnreachable."""
+    try:
+        yield
+    except OSError as exc:
+        raise QueueUnreachable(address, _describe(exc)) from exc

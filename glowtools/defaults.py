@@ -1,0 +1,43 @@
+"""Names, defaults and limits that every glowtools tool shares."""
+
+QUEUE_ENV = "GLOW_QUEUE"
+DEFAULT_QUEUE = "127.0.0.1:11300"
+DEFAULT_PORT = 11300
+CONNECT_TIMEOUT = 5.0
+COMMAND_TIMEOUT = 10.0
+TIMEOUT_ENV = "GLOW_COMMAND_TIMEOUT"
+
+DEFAULT_PRI = 1024
+DEFAULT_DELAY = 0
+DEFAULT_TTR = 120
+DEFAULT_WORKDIR = "/tmp"
+DEFAULT_OUTPUT = "/dev/null"
+MAX_PRI = 2**32 - 1
+MAX_TTR = 2**32 - 1
+# Held jobs sit in their tube with this delay; a user's delay must stay below it.
+HOLD_DELAY = 2**31 - 1
+MAX_DELAY = HOLD_DELAY - 1
+MAX_TUBE_NAME = 200
+# beanstalkd's own default for -z; the server's stats override it when known.
+DEFAULT_MAX_JOB_SIZE = 65535
+
+# Tubes that glowtools keeps for itself; listeners never reserve from them.
+ERROR_TUBE = "GLOW_ERRORS"
+INTERNAL_PREFIX = "GLOW_"
+ERROR_TTR = 3600
+
+# How much of a job's output a failure report keeps, per stream.
+TAIL_LINES = 20
+TAIL_BYTES = 4096
+
+# A listener asks for new tubes at most this often, in seconds.
+TUBE_REFRESH = 0.5
+# reserve-with-timeout's wait while idle, in whole seconds (the protocol's unit).
+RESERVE_WAIT = 1
+# Time a job's process tree gets between SIGTERM and SIGKILL.
+KILL_GRACE = 5.0
+
+
+def is_internal_tube(tube: str) -> bool:
+    """Tells whether a tube belongs to glowtools' own bookkeeping."""
+    return tube.startswith(INTERNAL_PREFIX)

@@ -1,0 +1,386 @@
+"""The job: its fields, their defaults and limits, and its body on the wire.
+
+A job is a JSON object. Bodies written by the original Go glow are accepted as
+they are: numbers given as strings, `args` as one string, `out`, `User`, `Env`.
+"""
+
+import json
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .defaults import (
+    DEFAULT_DELAY,
+    DEFAULT_OUTPUT,
+    DEFAULT_PRI,
+    DEFAULT_TTR,
+    DEFAULT_WORKDIR,
+    MAX_DELAY,
+    MAX_PRI,
+    MAX_TTR,
+    MAX_TUBE_NAME,
+    is_internal_tube,
+)
+from .errors import JobInvalid
+
+_TUBE_RE = re.compile(r"[A-Za-z0-9+/;.$_()][A-Za-z0-9\-+/;.$_()]*")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SIZE_RE = re.compile(r"(\d+)\s*([KMGT]?)i?B?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+LIMIT_NAMES = ("memory", "cpu_time", "nofile", "nproc", "nice")
+# Keys the Go glow wrote with capitals (its struct had no json tags for them).
+ALIASES = {"User": "user", "Env": "env"}
+
+
+@dataclass
+class Job:
+    """One command to run on some listener, as put into a tube."""
+
+    cmd: str
+    tube: str
+    args: list[str] = field(default_factory=list)
+    pri: int = DEFAULT_PRI
+    delay: int = DEFAULT_DELAY
+    ttr: int = DEFAULT_TTR
+    workdir: str = DEFAULT_WORKDIR
+    stdout: str = DEFAULT_OUTPUT
+    stderr: str = DEFAULT_OUTPUT
+    mailto: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
+    retries: int = 0
+    retry_delay: int = 0
+    timeout: float | None = None
+    limits: dict[str, int] = field(default_factory=dict)
+    after: list[str] = field(default_factory=list)
+    after_jobs: list[int] = field(default_factory=list)
+    after_any: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the fields that differ from their defaults, `out` where it fits."""
+        data = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("cmd", "tube") or value != _default_of(f):
+                data[f.name] = value
+        if "stdout" in data and data.get("stdout") == data.get("stderr"):
+            data["out"] = data.pop("stdout")
+            del data["stderr"]
+        return data
+
+    def to_body(self) -> bytes:
+        """Returns the canonical body: compact JSON with sorted keys."""
+        return encode(self.to_dict())
+
+    @property
+    def held(self) -> bool:
+        """Tells whether the job waits on upstream tubes or jobs."""
+        return bool(self.after or self.after_jobs)
+
+    def describe(self) -> str:
+        """Returns the command line for logs: `cmd arg...`, quoted as a shell would."""
+        return shlex.join([self.cmd, *self.args])
+
+
+def encode(data: Mapping[str, Any]) -> bytes:
+    """Returns JSON bytes in glowtools' canonical form."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _default_of(f) -> Any:
+    return f.default_factory() if callable(f.default_factory) else f.default
+
+
+def parse_job(
+    raw: Any, where: str = "job", defaults: Mapping[str, Any] | None = None
+) -> Job:
+    """Validates one JSON value as a job; `defaults` fill the fields it lacks.
+
+    Raises JobInvalid naming `where` and the field at fault.
+    """
+    if not isinstance(raw, dict):
+        raise JobInvalid(where, f"is a JSON {_json_type(raw)}, not an object")
+    data = dict(defaults or {})
+    if "out" in raw or "stdout" in raw or "stderr" in raw:
+        for name in ("out", "stdout", "stderr"):
+            data.pop(name, None)
+    for key, value in raw.items():
+        data[ALIASES.get(key, key)] = value
+
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        parser = PARSERS.get(name)
+        if parser is None:
+            raise JobInvalid(where, f"unknown field {name!r}{_suggest(name)}")
+        try:
+            values[name] = parser(value)
+        except (TypeError, ValueError) as exc:
+            raise JobInvalid(where, f"field {name!r} {exc}") from None
+    return _assemble(values, where)
+
+
+def _assemble(values: dict[str, Any], where: str) -> Job:
+    out = values.pop("out", None)
+    if out is not None:
+        if "stdout" in values or "stderr" in values:
+            raise JobInvalid(where, "give either 'out' or 'stdout'/'stderr', not both")
+        values["stdout"] = values["stderr"] = out
+    for name in ("cmd", "tube"):
+        if not values.get(name):
+            hint = " (or pass --tube)" if name == "tube" else ""
+            raise JobInvalid(where, f"field {name!r} is missing{hint}")
+    upstream = values.get("after") or values.get("after_jobs")
+    if values.get("after_any") and not upstream:
+        raise JobInvalid(where, "'after_any' needs 'after' or 'after_jobs'")
+    return Job(**values)
+
+
+def parse_body(body: bytes) -> Job:
+    """Validates a body taken off a tube; raises JobInvalid if it is not a job."""
+    try:
+        raw = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise JobInvalid("body", f"is not JSON ({_json_problem(exc)})") from None
+    return parse_job(raw, "body")
+
+
+def _json_problem(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at character {exc.pos}"
+    return "not UTF-8"
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _suggest(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, [*PARSERS, *ALIASES], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# Parsers: each takes a JSON value and returns the field's value or raises
+# ValueError with the problem, worded to follow "field 'x' ".
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, not a {_json_type(value)}")
+    if "\0" in value:
+        raise ValueError("contains a NUL byte")
+    return value
+
+
+def _nonempty(value: Any) -> str:
+    text = _text(value)
+    if not text.strip():
+        raise ValueError("is empty")
+    return text
+
+
+def _path(value: Any) -> str:
+    text = _nonempty(value)
+    if not text.startswith("/"):
+        raise ValueError(f"must be an absolute path, not {text!r}")
+    return text
+
+
+def _integer(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | str | float):
+            raise ValueError(f"must be a whole number, not a {_json_type(value)}")
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"must be a whole number, not {value}")
+        text = str(value).strip()
+        if isinstance(value, str) and not re.fullmatch(r"[-+]?\d{1,20}", text):
+            raise ValueError(f"must be a whole number, not {value!r}")
+        number = int(float(text)) if isinstance(value, float) else int(text)
+        if not low <= number <= high:
+            raise ValueError(f"is {number}, outside {low}..{high}")
+        return number
+
+    return parse
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"must be a number of seconds, not a {_json_type(value)}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, not {value!r}") from None
+    if not 0 < number <= MAX_TTR:
+        raise ValueError(f"is {value}, outside 0..{MAX_TTR} seconds")
+    return number
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "1", 1):
+        return True
+    if value in ("false", "0", 0):
+        return False
+    raise ValueError(f"must be true or false, not {value!r}")
+
+
+def _args(value: Any) -> list[str]:
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot be split into words ({exc})") from None
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"must be a list of strings, not a {_json_type(value)}")
+    return [_text(item) if isinstance(item, str) else _scalar(item) for item in value]
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must hold strings, not a {_json_type(value)}")
+    return str(value)
+
+
+def tube_name(value: Any) -> str:
+    """Validates a tube name as beanstalkd and glowtools accept it."""
+    name = _text(value)
+    if not _TUBE_RE.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is not a tube name (letters, digits and -+/;.$_() only, "
+            "not starting with -)"
+        )
+    if len(name.encode()) > MAX_TUBE_NAME:
+        raise ValueError(f"is {len(name)} characters; the limit is {MAX_TUBE_NAME}")
+    return name
+
+
+def _user_tube(value: Any) -> str:
+    name = tube_name(value)
+    if is_internal_tube(name):
+        raise ValueError(f"names {name!r}; GLOW_ tubes are glowtools' own")
+    return name
+
+
+def _tubes(value: Any) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValueError(f"must be a list of tubes, not a {_json_type(value)}")
+    return [tube_name(_strip(item)) for item in items]
+
+
+def _strip(item: Any) -> Any:
+    return item.strip() if isinstance(item, str) else item
+
+
+def _job_ids(value: Any) -> list[int]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValueError(f"must be a list of job ids, not a {_json_type(value)}")
+    return [_integer(1, 2**64 - 1)(_strip(item)) for item in items]
+
+
+def _mailto(value: Any) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValueError(f"must be addresses, not a {_json_type(value)}")
+    addresses = [_text(item).strip() for item in items]
+    for address in addresses:
+        if any(c in address for c in "\r\n<>,;") or address.count("@") != 1:
+            raise ValueError(f"holds {address!r}, which is not an address")
+    return [a for a in addresses if a]
+
+
+def _env(value: Any) -> dict[str, str]:
+    if isinstance(value, list):
+        pairs = []
+        for item in value:
+            name, sep, text = _text(item).partition("=")
+            if not sep:
+                raise ValueError(f"holds {item!r}; write NAME=value")
+            pairs.append((name, text))
+    elif isinstance(value, dict):
+        pairs = list(value.items())
+    elif value is None:
+        return {}
+    else:
+        raise ValueError(f"must be an object of strings, not a {_json_type(value)}")
+    env = {}
+    for name, text in pairs:
+        if not _ENV_NAME_RE.fullmatch(name):
+            raise ValueError(f"has {name!r}, which is not a variable name")
+        env[name] = _text(text) if isinstance(text, str) else _scalar(text)
+    return env
+
+
+def _user(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    name = _text(value)
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?", name) or len(name) > 32:
+        raise ValueError(f"{name!r} is not a user name")
+    return name
+
+
+def parse_size(value: Any) -> int:
+    """Reads a memory size such as 512M, 2G or a number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE_RE.fullmatch(str(value).strip())
+    if not match or isinstance(value, bool) or int(match[1]) == 0:
+        raise ValueError(f"must be a size such as 512M or 2G, not {value!r}")
+    return int(match[1]) * _SIZE_UNITS[match[2].upper()]
+
+
+_LIMIT_PARSERS = {
+    "memory": parse_size,
+    "cpu_time": _integer(1, MAX_TTR),
+    "nofile": _integer(1, 2**20),
+    "nproc": _integer(1, 2**22),
+    "nice": _integer(-20, 19),
+}
+
+
+def _limits(value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise ValueError(f"must be an object, not a {_json_type(value)}")
+    limits = {}
+    for name, item in value.items():
+        if name not in _LIMIT_PARSERS:
+            known = ", ".join(LIMIT_NAMES)
+            raise ValueError(f"has unknown limit {name!r} (known: {known})")
+        try:
+            limits[name] = _LIMIT_PARSERS[name](item)
+        except ValueError as exc:
+            raise ValueError(f"limit {name!r} {exc}") from None
+    return limits
+
+
+PARSERS: dict[str, Callable[[Any], Any]] = {
+    "cmd": _nonempty,
+    "tube": _user_tube,
+    "args": _args,
+    "pri": _integer(0, MAX_PRI),
+    "delay": _integer(0, MAX_DELAY),
+    "ttr": _integer(1, MAX_TTR),
+    "workdir": _path,
+    "out": _path,
+    "stdout": _path,
+    "stderr": _path,
+    "mailto": _mailto,
+    "env": _env,
+    "user": _user,
+    "retries": _integer(0, 1000),
+    "retry_delay": _integer(0, MAX_DELAY),
+    "timeout": _seconds,
+    "limits": _limits,
+    "after": _tubes,
+    "after_jobs": _job_ids,
+    "after_any": _boolean,
+}

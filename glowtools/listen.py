@@ -1,0 +1,343 @@
+"""glow-listen: reserves jobs from beanstalkd tubes and runs them."""
+
+import fnmatch
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Annotated
+
+import greenstalk
+import typer
+
+from . import cli
+from .connection import Connection, connect, parse_address, queue_address
+from .defaults import (
+    ERROR_TTR,
+    ERROR_TUBE,
+    RESERVE_WAIT,
+    TUBE_REFRESH,
+    is_internal_tube,
+)
+from .errors import ConfigInvalid, JobInvalid, QueueUnreachable
+from .job import Job, parse_body
+from .runner import Outcome, Run
+
+log = logging.getLogger("glowtools.listen")
+HOST = socket.gethostname()
+BACKOFF_MAX = 30.0
+
+
+class TubeChooser:
+    """Decides which tubes the listener's slots watch, shared by all slots."""
+
+    def __init__(self, tubes: list[str], exclude: list[str], caps: dict[str, int]):
+        self.patterns = tubes
+        self.exclude = exclude
+        self.caps = caps
+        self.literal = bool(tubes) and not any(_is_glob(p) for p in tubes)
+        self.running: dict[str, int] = {}
+        self._known: frozenset[str] = frozenset(tubes if self.literal else ())
+        self._checked = 0.0
+        self._lock = threading.Lock()
+
+    def wanted(self, conn: Connection) -> frozenset[str]:
+        """Returns the tubes to watch now, asking the server at most twice a second."""
+        with self._lock:
+            if not self.literal and time.monotonic() - self._checked > TUBE_REFRESH:
+                self._known = frozenset(t for t in conn.tubes() if self._accepts(t))
+                self._checked = time.monotonic()
+            full = {t for t, n in self.running.items() if n >= self.caps.get(t, n + 1)}
+            return self._known - full
+
+    def _accepts(self, tube: str) -> bool:
+        if is_internal_tube(tube):
+            return False
+        if self.patterns and not _matches(tube, self.patterns):
+            return False
+        return not _matches(tube, self.exclude)
+
+    def claim(self, tube: str) -> bool:
+        """Counts a job of `tube` as running; False if the tube's cap is reached."""
+        with self._lock:
+            count = self.running.get(tube, 0)
+            if tube in self.caps and count >= self.caps[tube]:
+                return False
+            self.running[tube] = count + 1
+            return True
+
+    def unclaim(self, tube: str) -> None:
+        """Counts a job of `tube` as finished."""
+        with self._lock:
+            self.running[tube] -= 1
+
+
+def _matches(tube: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(tube, pattern) for pattern in patterns)
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+class Listener:
+    """Runs jobs from beanstalkd in `concurrency` slots until told to stop."""
+
+    def __init__(self, address: str, chooser: TubeChooser, concurrency: int) -> None:
+        self.address = address
+        self.chooser = chooser
+        self.concurrency = concurrency
+        self.stopping = threading.Event()
+        self.terminating = threading.Event()
+        self.runs: dict[int, Run] = {}
+        self.base_env = dict(os.environ)
+
+    def run(self) -> None:
+        """Runs the slots; returns once every slot has stopped. Blocks."""
+        slots = [Slot(self, n) for n in range(self.concurrency)]
+        for slot in slots:
+            slot.start()
+        log.info(
+            "listener %d on %s: %d slot(s), queue %s",
+            os.getpid(), HOST, self.concurrency, self.address,
+        )  # fmt: skip
+        for slot in slots:
+            while slot.is_alive():
+                slot.join(0.2)
+        log.info("listener %d stopped", os.getpid())
+
+    def stop(self) -> None:
+        """Stops reserving; running jobs finish first (SIGINT)."""
+        if self.stopping.is_set():
+            self.terminate()
+            return
+        log.info("listener %d stopping after its running jobs", os.getpid())
+        self.stopping.set()
+
+    def terminate(self) -> None:
+        """Kills running jobs and releases them at once (SIGTERM)."""
+        log.info("listener %d killing its running jobs", os.getpid())
+        self.terminating.set()
+        self.stopping.set()
+        for run in list(self.runs.values()):
+            run.kill("listener terminated")
+
+
+class Slot(threading.Thread):
+    """One connection that reserves and runs one job at a time."""
+
+    def __init__(self, listener: Listener, number: int) -> None:
+        super().__init__(name=f"slot-{number}", daemon=True)
+        self.listener = listener
+        self.conn: Connection | None = None
+        self.watching: set[str] = {"default"}
+
+    def run(self) -> None:
+        backoff = 0.5
+        while not self.listener.stopping.is_set():
+            try:
+                self._serve_one()
+                backoff = 0.5
+            except QueueUnreachable as exc:
+                self._drop_connection()
+                log.warning("%s; retrying in %.1f s", exc, backoff)
+                self.listener.stopping.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        self._drop_connection()
+
+    def _serve_one(self) -> None:
+        if self.conn is None:
+            self.conn = connect(self.listener.address, use=ERROR_TUBE)
+            self.watching = {"default"}
+            log.debug("%s connected to %s", self.name, self.listener.address)
+        self._sync_watches()
+        try:
+            reserved = self.conn.reserve(timeout=RESERVE_WAIT)
+        except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
+            return
+        self._handle(reserved)
+
+    def _sync_watches(self) -> None:
+        # A connection always watches at least one tube; an internal one stands
+        # in when nothing is wanted, so that reserve waits instead of failing.
+        wanted = set(self.listener.chooser.wanted(self.conn)) or {"GLOW_IDLE"}
+        for tube in wanted - self.watching:
+            self.conn.watch(tube)
+        for tube in self.watching - wanted:
+            self.conn.ignore(tube)
+        self.watching = wanted
+
+    def _drop_connection(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except OSError:
+                pass
+            self.conn = None
+
+    def _handle(self, reserved: greenstalk.Job) -> None:
+        try:
+            job = parse_body(reserved.body)
+        except JobInvalid as exc:
+            self._reject(reserved, str(exc))
+            return
+        if self.listener.stopping.is_set():
+            self.conn.release(reserved, priority=job.pri)
+            return
+        if not self.listener.chooser.claim(job.tube):
+            self.conn.release(reserved, priority=job.pri)
+            return
+        try:
+            outcome = self._run(reserved, job)
+        finally:
+            self.listener.chooser.unclaim(job.tube)
+        self._settle(reserved, job, outcome)
+
+    def _run(self, reserved: greenstalk.Job, job: Job) -> Outcome:
+        run = Run(job, reserved.id, self.listener.base_env)
+        log.info("job %d (tube %s) running: %s", reserved.id, job.tube, job.describe())
+        if not run.start():
+            return run.outcome
+        self.listener.runs[reserved.id] = run
+        try:
+            lease = max(job.ttr / 2, 0.5)
+            while not run.wait(lease):
+                self._touch(reserved)
+        finally:
+            del self.listener.runs[reserved.id]
+        return run.outcome
+
+    def _touch(self, reserved: greenstalk.Job) -> None:
+        try:
+            self.conn.touch(reserved)
+        except (QueueUnreachable, greenstalk.NotFoundError) as exc:
+            log.warning("job %d lost its reservation (%s)", reserved.id, exc)
+
+    def _settle(self, reserved: greenstalk.Job, job: Job, outcome: Outcome) -> None:
+        name = f"job {reserved.id} (tube {job.tube})"
+        try:
+            if outcome.ok:
+                self.conn.delete(reserved)
+                log.info("%s completed in %.2f s", name, outcome.duration)
+            elif self.listener.terminating.is_set():
+                self.conn.release(reserved, priority=job.pri)
+                log.info("%s released: the listener was terminated", name)
+            else:
+                self._fail(reserved, job, outcome)
+        except greenstalk.NotFoundError:
+            log.warning("%s ended but its reservation was lost; it may run again", name)
+
+    def _fail(self, reserved: greenstalk.Job, job: Job, outcome: Outcome) -> None:
+        self.conn.bury(reserved, priority=job.pri)
+        log.error(
+            "job %d (tube %s) failed: %s after %.2f s; buried",
+            reserved.id, job.tube, outcome.summary(), outcome.duration,
+        )  # fmt: skip
+        self._report(failure_report(reserved.id, job, outcome))
+
+    def _reject(self, reserved: greenstalk.Job, problem: str) -> None:
+        self.conn.bury(reserved)
+        log.error("job %d rejected: %s; buried", reserved.id, problem)
+        body = reserved.body[:1024].decode(errors="replace")
+        report = {"id": reserved.id, "host": HOST, "error": problem, "body": body}
+        self._report(report)
+
+    def _report(self, report: dict) -> None:
+        self.conn.put(json.dumps(report).encode(), ttr=ERROR_TTR)
+
+
+def failure_report(job_id: int, job: Job, outcome: Outcome) -> dict:
+    """Returns the JSON report a failed job leaves on the error tube."""
+    return {
+        "id": job_id,
+        "tube": job.tube,
+        "cmd": job.cmd,
+        "args": job.args,
+        "exit_code": outcome.exit_code,
+        "signal": outcome.signal,
+        "error": outcome.summary(),
+        "host": HOST,
+        "pid": os.getpid(),
+        "started": outcome.started,
+        "duration": round(outcome.duration, 3),
+        "stdout_tail": outcome.stdout_tail,
+        "stderr_tail": outcome.stderr_tail,
+    }
+
+
+app = cli.app("Reserve jobs from beanstalkd tubes and run them.")
+Opt = typer.Option
+
+
+@app.command()
+def listen(
+    tubes: Annotated[str, Opt(help="Only these tubes (globs), a,b.")] = "",
+    exclude: Annotated[str, Opt(help="Never these tubes (globs), a,b.")] = "",
+    concurrency: Annotated[
+        int, Opt("--concurrency", "-c", min=1, help="Jobs at once.")
+    ] = 1,
+    limit: Annotated[list[str] | None, Opt(help="TUBE=N: at most N at once.")] = None,
+    log_file: Annotated[str | None, Opt("--log", help="Append log lines here.")] = None,
+    queue: cli.Queue = None,
+    verbose: cli.Verbose = 0,
+    quiet: cli.Quiet = False,
+) -> None:
+    """Reserve jobs from beanstalkd tubes and run them until stopped.
+
+    glow-listen -v --exclude slow-*   (SIGINT: finish jobs and exit;
+    SIGTERM: kill jobs and release them; SIGHUP: reopen --log)
+    """
+    handler = cli.setup_logging("glow-listen", verbose, quiet, base=logging.INFO)
+    if log_file:
+        handler = _log_to_file(handler, log_file)
+    address = queue_address(queue)
+    parse_address(address)
+    chooser = TubeChooser(_split(tubes), _split(exclude), _caps(limit or []))
+    listener = Listener(address, chooser, concurrency)
+    signal.signal(signal.SIGINT, lambda *_: listener.stop())
+    signal.signal(signal.SIGTERM, lambda *_: listener.terminate())
+    signal.signal(signal.SIGHUP, lambda *_: _reopen(handler))
+    listener.run()
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _caps(pairs: list[str]) -> dict[str, int]:
+    caps = {}
+    for pair in pairs:
+        tube, _, count = pair.partition("=")
+        if not tube or not count.isdigit() or int(count) < 1:
+            raise ConfigInvalid(f"--limit {pair!r} is not TUBE=N with N at least 1")
+        caps[tube] = int(count)
+    return caps
+
+
+def _log_to_file(handler: logging.Handler, path: str) -> logging.Handler:
+    try:
+        file_handler = logging.FileHandler(path)
+    except OSError as exc:
+        raise ConfigInvalid(f"--log {path}: {exc.strerror}") from None
+    file_handler.setFormatter(handler.formatter)
+    logging.getLogger().handlers[:] = [file_handler]
+    return file_handler
+
+
+def _reopen(handler: logging.Handler) -> None:
+    if isinstance(handler, logging.FileHandler):
+        # After logrotate moved the file, the next line opens a new one.
+        handler.acquire()
+        try:
+            handler.close()
+            handler.stream = None
+        finally:
+            handler.release()
+
+
+def main() -> None:
+    """Runs glow-listen."""
+    cli.run(app, "glow-listen")

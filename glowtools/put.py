@@ -1,0 +1,258 @@
+"""glow-put: puts jobs into beanstalkd tubes, one from the command line or many
+from stdin."""
+
+import json
+import logging
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from . import cli
+from .connection import Connection, PartialPut, connect
+from .errors import Interrupted, JobInvalid, QueueUnreachable
+from .job import Job, parse_job
+
+log = logging.getLogger(__name__)
+PATH_FIELDS = ("workdir", "out", "stdout", "stderr")
+PROGRESS_FROM = 2000
+# Variables --export leaves out: credentials, and what only means something here.
+_PRIVATE_WORDS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "KEY", "AUTH")
+_LOCAL_NAMES = {"_", "PWD", "OLDPWD", "SHLVL", "TERM", "DISPLAY", "SSH_AUTH_SOCK"}
+_EXPORT_VALUE_MAX = 4096
+
+app = cli.app("Put jobs into beanstalkd tubes.")
+Opt = typer.Option
+
+
+@app.command()
+def put(
+    command: Annotated[
+        list[str] | None, typer.Argument(metavar="[-- CMD [ARG...]]")
+    ] = None,
+    tube: Annotated[str | None, Opt("--tube", "-t", help="Tube to put into.")] = None,
+    pri: Annotated[str | None, Opt(help="Priority, 0 most urgent.")] = None,
+    delay: Annotated[str | None, Opt(help="Seconds before the job is ready.")] = None,
+    ttr: Annotated[str | None, Opt(help="Seconds a listener's lease lasts.")] = None,
+    workdir: Annotated[str | None, Opt(help="Folder the command runs in.")] = None,
+    out: Annotated[str | None, Opt(help="File for stdout and stderr.")] = None,
+    stdout: Annotated[str | None, Opt(help="File for stdout.")] = None,
+    stderr: Annotated[str | None, Opt(help="File for stderr.")] = None,
+    mailto: Annotated[str | None, Opt(help="Addresses to mail on failure.")] = None,
+    env: Annotated[list[str] | None, Opt(help="NAME=value for the job.")] = None,
+    export: Annotated[bool, Opt(help="Pass this shell's environment on.")] = False,
+    user: Annotated[str | None, Opt(help="User the job runs as.")] = None,
+    retries: Annotated[str | None, Opt(help="Attempts after a failure.")] = None,
+    retry_delay: Annotated[str | None, Opt(help="Seconds before a retry.")] = None,
+    timeout: Annotated[str | None, Opt(help="Seconds the job may run.")] = None,
+    memory: Annotated[str | None, Opt(help="Memory limit, e.g. 512M.")] = None,
+    cpu_time: Annotated[str | None, Opt(help="CPU seconds limit.")] = None,
+    nofile: Annotated[str | None, Opt(help="Open files limit.")] = None,
+    nproc: Annotated[str | None, Opt(help="Processes limit.")] = None,
+    nice: Annotated[str | None, Opt(help="Niceness, -20..19.")] = None,
+    after: Annotated[str | None, Opt(help="Upstream tubes, a,b.")] = None,
+    after_job: Annotated[str | None, Opt(help="Upstream job ids, 41,42.")] = None,
+    after_any: Annotated[bool, Opt(help="Run once upstream settles.")] = False,
+    queue: cli.Queue = None,
+    json_out: cli.Json = False,
+    verbose: cli.Verbose = 0,
+    quiet: cli.Quiet = False,
+) -> None:
+    """Put jobs into beanstalkd tubes; print one job id per line.
+
+    One job:  glow-put --tube nightly -- ls -l /var
+
+    Many:     glow-put --tube nightly < jobs.jsonl  (a JSON array or JSON Lines)
+    """
+    cli.setup_logging("glow-put", verbose, quiet)
+    limits = _given(memory=memory, cpu_time=cpu_time, nofile=nofile, nproc=nproc)
+    limits.update(_given(nice=nice))
+    defaults = _given(
+        tube=tube, pri=pri, delay=delay, ttr=ttr, workdir=workdir, out=out,
+        stdout=stdout, stderr=stderr, mailto=mailto, user=user, retries=retries,
+        retry_delay=retry_delay, timeout=timeout, after=after, after_jobs=after_job,
+    )  # fmt: skip
+    if limits:
+        defaults["limits"] = limits
+    if after_any:
+        defaults["after_any"] = True
+    variables = _exported() if export else {}
+    variables.update(_env_options(env or []))
+    if variables:
+        defaults["env"] = variables
+    defaults = _absolute_paths(defaults)
+
+    if command:
+        raw = {"cmd": command[0], "args": command[1:]}
+        jobs = [("the job", parse_job(raw, "the job", defaults))]
+    elif sys.stdin.isatty():
+        raise JobInvalid("glow-put", "no command and no jobs on stdin (give one)")
+    else:
+        jobs = read_jobs(sys.stdin.buffer.read(), defaults)
+
+    ids = put_jobs(queue, jobs)
+    for (_, job), job_id in zip(jobs, ids, strict=True):
+        if json_out:
+            print(json.dumps({"id": job_id, "tube": job.tube, "cmd": job.describe()}))
+        else:
+            print(job_id)
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def _env_options(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise JobInvalid("--env", f"{pair!r} is not NAME=value")
+        env[name] = value
+    return env
+
+
+def _exported() -> dict[str, str]:
+    """Returns this process's environment less secrets and host-local variables."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name not in _LOCAL_NAMES
+        and not name.startswith(("GLOW_", "SSH_", "XDG_"))
+        and not any(word in name.upper() for word in _PRIVATE_WORDS)
+        and len(value) <= _EXPORT_VALUE_MAX
+    }
+
+
+def _absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
+    """Makes relative paths absolute against the caller's folder, as glow did."""
+    for name in PATH_FIELDS:
+        value = raw.get(name)
+        if isinstance(value, str) and value and not value.startswith("/"):
+            raw[name] = os.path.abspath(value)
+    return raw
+
+
+def read_jobs(data: bytes, defaults: dict[str, Any]) -> list[tuple[str, Job]]:
+    """Parses stdin: a JSON array, one JSON object, or JSON Lines.
+
+    Returns (where, job) pairs; raises JobInvalid at the first bad job.
+    """
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        raise JobInvalid("stdin", f"is not UTF-8 (byte {exc.start})") from None
+    if not text.strip():
+        raise JobInvalid("stdin", "holds no jobs (pipe JSON, or give a command)")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if text.lstrip().startswith("[") or exc.msg != "Extra data":
+            if not _looks_like_lines(text):
+                raise JobInvalid(
+                    "stdin", f"is not JSON ({exc.msg} at line {exc.lineno} "
+                    f"column {exc.colno})"
+                ) from None  # fmt: skip
+        return _read_lines(text, defaults)
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        raise JobInvalid("stdin", "holds JSON that is neither an array nor objects")
+    return [_parse(raw, f"job {n}", defaults) for n, raw in enumerate(value, 1)]
+
+
+def _looks_like_lines(text: str) -> bool:
+    first = text.lstrip().split("\n", 1)[0].strip()
+    return first.startswith("{") and first.endswith("}")
+
+
+def _read_lines(text: str, defaults: dict[str, Any]) -> list[tuple[str, Job]]:
+    jobs = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"job {len(jobs) + 1} on line {lineno}"
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problem = f"is not JSON ({exc.msg} at column {exc.colno})"
+            raise JobInvalid(where, problem) from None
+        jobs.append(_parse(raw, where, defaults))
+    return jobs
+
+
+def _parse(raw: Any, where: str, defaults: dict[str, Any]) -> tuple[str, Job]:
+    if isinstance(raw, dict):
+        raw = _absolute_paths(dict(raw))
+    return where, parse_job(raw, where, defaults)
+
+
+def put_jobs(queue: str | None, jobs: list[tuple[str, Job]]) -> list[int]:
+    """Puts validated jobs over one connection; all of them or none.
+
+    Raises JobInvalid for a body the server would refuse, Interrupted if the
+    connection broke part-way (after deleting what had been put).
+    """
+    bodies = [job.to_body() for _, job in jobs]
+    conn = connect(queue)
+    try:
+        _check_sizes(conn, jobs, bodies)
+        puts = [
+            (job.tube, body, job.pri, job.delay, job.ttr)
+            for (_, job), body in zip(jobs, bodies, strict=True)
+        ]
+        try:
+            return conn.put_many(puts, _progress(len(puts)))
+        except PartialPut as exc:
+            raise _undo(queue, exc, len(puts)) from exc.cause
+    finally:
+        conn.close()
+
+
+def _check_sizes(conn: Connection, jobs: list, bodies: list[bytes]) -> None:
+    limit = conn.max_job_size()
+    for (where, _), body in zip(jobs, bodies, strict=True):
+        if len(body) > limit:
+            raise JobInvalid(
+                where,
+                f"is {len(body):,} bytes; the server at {conn.address} takes at "
+                f"most {limit:,} (start beanstalkd with a larger -z)",
+            )
+
+
+def _progress(total: int):
+    if total < PROGRESS_FROM or not sys.stderr.isatty():
+        return None
+
+    def show(done: int) -> None:
+        end = "\n" if done == total else ""
+        print(f"\rglow-put: {done:,}/{total:,} jobs put", end=end, file=sys.stderr)
+
+    return show
+
+
+def _undo(queue: str | None, exc: PartialPut, total: int) -> Exception:
+    """Deletes the jobs of a broken batch; returns the error to raise."""
+    done = len(exc.ids)
+    if not done:
+        return exc.cause
+    try:
+        with connect(queue) as conn:
+            for job_id in exc.ids:
+                conn.delete(job_id)
+    except QueueUnreachable:
+        left = ",".join(map(str, exc.ids))
+        return Interrupted(
+            f"{exc.cause}; {done} of {total} jobs were put and could not be taken "
+            f"back (ids {left}); the rest were not put"
+        )
+    return Interrupted(
+        f"{exc.cause}; the {done} of {total} jobs put before it were deleted "
+        "again, so nothing is queued (run glow-put again)"
+    )
+
+
+def main() -> None:
+    """Runs glow-put."""
+    cli.run(app, "glow-put")

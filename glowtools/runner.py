@@ -1,0 +1,243 @@
+"""Running one job: spawning its command, copying its output, ending its tree.
+
+The listener decides when a job runs; this module decides how.
+"""
+
+import os
+import selectors
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from .defaults import KILL_GRACE, TAIL_BYTES, TAIL_LINES
+from .job import Job
+
+_READ_SIZE = 65536
+
+
+@dataclass
+class Outcome:
+    """What became of a job's run: how it ended and what it said last."""
+
+    exit_code: int | None = None
+    signal: int | None = None
+    error: str | None = None
+    started: float = field(default_factory=time.time)
+    duration: float = 0.0
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Tells whether the job succeeded: it ran and exited 0."""
+        return self.error is None and self.exit_code == 0
+
+    def summary(self) -> str:
+        """Returns how the run ended in a few words: `exit 3`, `killed by SIGKILL`."""
+        if self.error and self.exit_code is None and self.signal is None:
+            return self.error
+        if self.signal is not None:
+            ended = f"killed by {signal.Signals(self.signal).name}"
+        else:
+            ended = f"exit {self.exit_code}"
+        return f"{self.error} ({ended})" if self.error else ended
+
+
+class _Tail:
+    """Keeps the last bytes of a stream."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def add(self, chunk: bytes) -> None:
+        self.data = (self.data + chunk)[-TAIL_BYTES:]
+
+    def text(self) -> str:
+        lines = self.data.decode(errors="replace").splitlines()
+        return "\n".join(lines[-TAIL_LINES:])
+
+
+class Run:
+    """One job's process tree, from spawn to reaping.
+
+    `start` spawns; `wait` copies output and returns once the job has ended or
+    a time has passed; `kill` ends the whole tree. Not thread-safe: one thread
+    drives a Run, though `kill` may be called from a signal handler.
+    """
+
+    def __init__(self, job: Job, job_id: int, base_env: dict[str, str]) -> None:
+        self.job = job
+        self.job_id = job_id
+        self.base_env = base_env
+        self.outcome = Outcome()
+        self.proc: subprocess.Popen | None = None
+        self._deadline = None
+        self._killed_for: str | None = None
+        self._selector = selectors.DefaultSelector()
+        self._sinks: dict[int, tuple[int, _Tail]] = {}
+        self._files: list[int] = []
+
+    def start(self) -> bool:
+        """Spawns the command; returns False, with the outcome set, if it cannot."""
+        try:
+            self._open_outputs()
+            self.proc = self._spawn()
+        except _SpawnError as exc:
+            self.outcome.error = str(exc)
+            self._close_files()
+            return False
+        if self.job.timeout:
+            self._deadline = time.monotonic() + self.job.timeout
+        return True
+
+    def _open_outputs(self) -> None:
+        opened: dict[str, int] = {}
+        for name in ("stdout", "stderr"):
+            path = getattr(self.job, name)
+            if path not in opened:
+                opened[path] = _open_append(path, name)
+                self._files.append(opened[path])
+        self._paths = opened
+
+    def _spawn(self) -> subprocess.Popen:
+        job = self.job
+        if not os.path.isdir(job.workdir):
+            raise _SpawnError(f"workdir {job.workdir} does not exist")
+        env = dict(self.base_env)
+        env.update(job.env)
+        env["GLOW_JOB_ID"] = str(self.job_id)
+        env["GLOW_TUBE"] = job.tube
+        try:
+            proc = subprocess.Popen(
+                [job.cmd, *job.args],
+                cwd=job.workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise _SpawnError(f"command {job.cmd!r} not found") from None
+        except PermissionError:
+            raise _SpawnError(f"command {job.cmd!r} is not executable") from None
+        except OSError as exc:
+            raise _SpawnError(f"command {job.cmd!r} failed to start: {exc}") from None
+        for pipe, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
+            target = self._paths[getattr(job, name)]
+            self._sinks[pipe.fileno()] = (target, _Tail())
+            self._selector.register(pipe, selectors.EVENT_READ)
+        self._tails = [self._sinks[proc.stdout.fileno()][1]]
+        self._tails.append(self._sinks[proc.stderr.fileno()][1])
+        return proc
+
+    def wait(self, seconds: float) -> bool:
+        """Copies output for up to `seconds`; returns True once the job has ended."""
+        if self.proc is None:
+            return True
+        until = time.monotonic() + seconds
+        while True:
+            now = time.monotonic()
+            if self._deadline and now >= self._deadline:
+                self._on_deadline()
+            if not self._sinks:
+                return self._reap(until - now)
+            if now >= until:
+                return False
+            self._pump(min(until - now, 0.5))
+            if self._sinks and self.proc.poll() is not None:
+                self._end_leftovers()
+
+    def _on_deadline(self) -> None:
+        if self._killed_for:
+            self._signal_tree(signal.SIGKILL)
+            self._deadline = None
+        else:
+            self.kill("timeout")
+
+    def _pump(self, seconds: float) -> None:
+        for key, _ in self._selector.select(max(seconds, 0)):
+            fd = key.fd
+            chunk = os.read(fd, _READ_SIZE)
+            target, tail = self._sinks[fd]
+            if not chunk:
+                self._selector.unregister(key.fileobj)
+                key.fileobj.close()
+                del self._sinks[fd]
+                continue
+            tail.add(chunk)
+            _write_all(target, chunk)
+
+    def _end_leftovers(self) -> None:
+        # The command exited but something it started still holds its output
+        # open: the job is over, so what it left behind goes too.
+        self._signal_tree(signal.SIGKILL)
+        self._pump(0.2)
+
+    def _reap(self, seconds: float) -> bool:
+        try:
+            code = self.proc.wait(max(seconds, 0))
+        except subprocess.TimeoutExpired:
+            return False
+        self._signal_tree(signal.SIGKILL)
+        self._finish(code)
+        return True
+
+    def _finish(self, code: int) -> None:
+        out = self.outcome
+        out.duration = time.time() - out.started
+        if code < 0:
+            out.signal = -code
+        else:
+            out.exit_code = code
+        if self._killed_for and not out.error:
+            out.error = self._killed_for
+        out.stdout_tail, out.stderr_tail = (tail.text() for tail in self._tails)
+        self._close_files()
+        self._selector.close()
+
+    def kill(self, reason: str = "killed") -> None:
+        """Ends the job's tree: SIGTERM, then SIGKILL after a grace period.
+
+        Returns at once; `wait` carries the escalation on.
+        """
+        if self.proc is None or self._killed_for:
+            return
+        self._killed_for = reason
+        self._signal_tree(signal.SIGTERM)
+        self._deadline = time.monotonic() + KILL_GRACE
+
+    def _signal_tree(self, signum: int) -> None:
+        try:
+            os.killpg(self.proc.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _close_files(self) -> None:
+        for fd in self._files:
+            os.close(fd)
+        self._files = []
+
+
+class _SpawnError(Exception):
+    """The command could not be started; the message says why."""
+
+
+def _open_append(path: str, name: str) -> int:
+    try:
+        os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        return os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise _SpawnError(f"cannot open {name} file {path}: {exc.strerror}") from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except OSError:
+            return  # a full disk must not stop the job; its tail is still kept
+        view = view[written:]
