@@ -291,10 +291,11 @@ def _mailto(value: Any) -> list[str]:
     if not isinstance(items, list):
         raise ValueError(f"must be addresses, not a {_json_type(value)}")
     addresses = [_text(item).strip() for item in items]
+    addresses = [address for address in addresses if address]
     for address in addresses:
-        if any(c in address for c in "\r\n<>,;") or address.count("@") != 1:
+        if any(c in address for c in "\r\n<>,; ") or address.count("@") != 1:
             raise ValueError(f"holds {address!r}, which is not an address")
-    return [a for a in addresses if a]
+    return addresses
 
 
 def _env(value: Any) -> dict[str, str]:

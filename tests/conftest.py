@@ -129,8 +129,9 @@ class Listener:
     """A glow-listen process; its log is read from a file."""
 
     def __init__(self, args: list[str], log: Path, env: dict | None = None):
-        self.log_path = log
         self.logfile = open(log, "wb")
+        # With --log the listener writes there instead of to its stderr.
+        self.log_path = Path(args[args.index("--log") + 1]) if "--log" in args else log
         self.proc = subprocess.Popen(
             [str(BIN / "glow-listen"), "-v", *args],
             stdout=self.logfile,
@@ -140,6 +141,8 @@ class Listener:
 
     @property
     def log(self) -> str:
+        if not self.log_path.exists():
+            return ""
         return self.log_path.read_text(errors="replace")
 
     def wait_log(self, text: str, timeout: float = 15) -> str:
