@@ -21,6 +21,10 @@ MAX_TUBE_NAME = 200
 # beanstalkd's own default for -z; the server's stats override it when known.
 DEFAULT_MAX_JOB_SIZE = 65535
 
+# Signed jobs: the secret files' variable (a:b for several) and a secret's minimum.
+SECRET_ENV = "GLOW_SECRET_FILE"
+MIN_SECRET_LENGTH = 16
+
 # Tubes that glowtools keeps for itself; listeners never reserve from them.
 ERROR_TUBE = "GLOW_ERRORS"
 INTERNAL_PREFIX = "GLOW_"
@@ -36,6 +40,17 @@ TUBE_REFRESH = 0.5
 RESERVE_WAIT = 1
 # Time a job's process tree gets between SIGTERM and SIGKILL.
 KILL_GRACE = 5.0
+
+
+# Tubes that carry glowtools' own state next to a user's tube (name + tube).
+PAUSED_PREFIX = "GLOW_PAUSED."
+LISTENER_PREFIX = "GLOW_LISTENER."
+# A listener replaces its status job in its GLOW_LISTENER tube at most this often.
+PRESENCE_INTERVAL = 1.0
+# glow-drain pauses a tube this long and renews the pause while it drains.
+DRAIN_PAUSE = 10
+# glow-stats and glow-peek read at most this many failure reports.
+REPORT_SCAN_MAX = 10000
 
 
 def is_internal_tube(tube: str) -> bool:

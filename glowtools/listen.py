@@ -23,8 +23,11 @@ from .defaults import (
     is_internal_tube,
 )
 from .errors import ConfigInvalid, JobInvalid, QueueUnreachable
-from .job import Job, parse_body
+from .job import Job
+from .paused import paused_in
+from .presence import Presence, listener_status
 from .runner import Outcome, Run
+from .sign import Secret, load_secrets, open_body
 
 log = logging.getLogger("glowtools.listen")
 HOST = socket.gethostname()
@@ -47,11 +50,23 @@ class TubeChooser:
     def wanted(self, conn: Connection) -> frozenset[str]:
         """Returns the tubes to watch now, asking the server at most twice a second."""
         with self._lock:
-            if not self.literal and time.monotonic() - self._checked > TUBE_REFRESH:
-                self._known = frozenset(t for t in conn.tubes() if self._accepts(t))
+            if time.monotonic() - self._checked > TUBE_REFRESH:
+                self._known = self._choose(conn.tubes())
                 self._checked = time.monotonic()
             full = {t for t, n in self.running.items() if n >= self.caps.get(t, n + 1)}
             return self._known - full
+
+    @property
+    def known(self) -> frozenset[str]:
+        """Returns the tubes chosen at the last look, before caps."""
+        return self._known
+
+    def _choose(self, tubes: list[str]) -> frozenset[str]:
+        # A tube paused until resumed (glow-pause) is left out like a missing one.
+        paused = paused_in(tubes)
+        if self.literal:
+            return frozenset(self.patterns) - paused
+        return frozenset(t for t in tubes if self._accepts(t) and t not in paused)
 
     def _accepts(self, tube: str) -> bool:
         if is_internal_tube(tube):
@@ -94,10 +109,14 @@ class Listener:
         self.terminating = threading.Event()
         self.runs: dict[int, Run] = {}
         self.base_env = dict(os.environ)
+        # With secrets, only jobs signed with one of them run (sign.open_body).
+        self.secrets: list[Secret] = []
 
     def run(self) -> None:
         """Runs the slots; returns once every slot has stopped. Blocks."""
         slots = [Slot(self, n) for n in range(self.concurrency)]
+        presence = Presence(self.address, lambda: listener_status(self))
+        presence.start()
         for slot in slots:
             slot.start()
         log.info(
@@ -107,6 +126,7 @@ class Listener:
         for slot in slots:
             while slot.is_alive():
                 slot.join(0.2)
+        presence.stop()
         log.info("listener %d stopped", os.getpid())
 
     def stop(self) -> None:
@@ -180,7 +200,7 @@ class Slot(threading.Thread):
 
     def _handle(self, reserved: greenstalk.Job) -> None:
         try:
-            job = parse_body(reserved.body)
+            job = open_body(reserved.body, self.listener.secrets)
         except JobInvalid as exc:
             self._reject(reserved, str(exc))
             return
@@ -282,6 +302,7 @@ def listen(
     limit: Annotated[list[str] | None, Opt(help="TUBE=N: at most N at once.")] = None,
     log_file: Annotated[str | None, Opt("--log", help="Append log lines here.")] = None,
     queue: cli.Queue = None,
+    secret_file: cli.SecretFile = None,
     verbose: cli.Verbose = 0,
     quiet: cli.Quiet = False,
 ) -> None:
@@ -297,10 +318,19 @@ def listen(
     parse_address(address)
     chooser = TubeChooser(_split(tubes), _split(exclude), _caps(limit or []))
     listener = Listener(address, chooser, concurrency)
+    listener.secrets = _secrets(secret_file or [])
     signal.signal(signal.SIGINT, lambda *_: listener.stop())
     signal.signal(signal.SIGTERM, lambda *_: listener.terminate())
     signal.signal(signal.SIGHUP, lambda *_: _reopen(handler))
     listener.run()
+
+
+def _secrets(paths: list) -> list[Secret]:
+    secrets = load_secrets(paths)
+    if secrets:
+        kids = ", ".join(secret.kid for secret in secrets)
+        log.info("running only jobs signed with key id %s", kids)
+    return secrets
 
 
 def _split(text: str) -> list[str]:
