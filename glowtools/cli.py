@@ -4,11 +4,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
-from .defaults import DEFAULT_QUEUE, QUEUE_ENV
+from .defaults import DEFAULT_QUEUE, QUEUE_ENV, SECRET_ENV
 from .errors import GlowError
 
 Queue = Annotated[
@@ -26,6 +27,18 @@ Verbose = Annotated[
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Say only warnings.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON objects, one per line.")]
+# A list of Path splits GLOW_SECRET_FILE at ':' (a list of str splits at spaces).
+SecretFile = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--secret-file",
+        envvar=SECRET_ENV,
+        show_envvar=True,
+        metavar="FILE",
+        help="Shared secret (mode 600) for signed jobs; repeat, or a:b, to rotate: "
+        "glow-put signs with the first, glow-listen accepts each.",
+    ),
+]
 
 
 def app(help_text: str) -> typer.Typer:

@@ -32,6 +32,8 @@ _SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 LIMIT_NAMES = ("memory", "cpu_time", "nofile", "nproc", "nice")
 # Keys the Go glow wrote with capitals (its struct had no json tags for them).
 ALIASES = {"User": "user", "Env": "env"}
+# A signed body's key id and signature; sign.verify checks them, parse_body drops them.
+SIGNATURE_FIELDS = ("kid", "sig")
 
 
 @dataclass
@@ -138,18 +140,33 @@ def _assemble(values: dict[str, Any], where: str) -> Job:
 
 
 def parse_body(body: bytes) -> Job:
-    """Validates a body taken off a tube; raises JobInvalid if it is not a job."""
-    try:
-        raw = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise JobInvalid("body", f"is not JSON ({_json_problem(exc)})") from None
+    """Validates a body taken off a tube; raises JobInvalid if it is not a job.
+
+    A signature (`kid`, `sig`) is left out unchecked: sign.verify checks it.
+    """
+    raw = load_body(body)
+    if isinstance(raw, dict):
+        raw = {k: v for k, v in raw.items() if k not in SIGNATURE_FIELDS}
     return parse_job(raw, "body")
 
 
-def _json_problem(exc: Exception) -> str:
+def load_body(body: bytes | str, where: str = "body") -> Any:
+    """Decodes JSON from any bytes; raises JobInvalid naming `where` if it is not."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise JobInvalid(where, f"is not JSON ({json_problem(exc)})") from None
+
+
+def json_problem(exc: Exception) -> str:
+    """Words for why json.loads failed: syntax, encoding, depth or a long number."""
     if isinstance(exc, json.JSONDecodeError):
         return f"{exc.msg} at character {exc.pos}"
-    return "not UTF-8"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return "a number has too many digits"
 
 
 def _json_type(value: Any) -> str:
@@ -173,6 +190,11 @@ def _text(value: Any) -> str:
         raise ValueError(f"must be a string, not a {_json_type(value)}")
     if "\0" in value:
         raise ValueError("contains a NUL byte")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError("is not valid Unicode (a lone surrogate)") from None
     return value
 
 
@@ -187,6 +209,8 @@ def _path(value: Any) -> str:
     text = _nonempty(value)
     if not text.startswith("/"):
         raise ValueError(f"must be an absolute path, not {text!r}")
+    if ".." in text.split("/"):
+        raise ValueError(f"must not go up with '..' ({text!r}); name the folder")
     return text
 
 

@@ -12,7 +12,8 @@ import typer
 from . import cli
 from .connection import Connection, PartialPut, connect
 from .errors import Interrupted, JobInvalid, QueueUnreachable
-from .job import Job, parse_job
+from .job import Job, json_problem, parse_job
+from .sign import Secret, load_secret, sign
 
 log = logging.getLogger(__name__)
 PATH_FIELDS = ("workdir", "out", "stdout", "stderr")
@@ -55,6 +56,7 @@ def put(
     after_job: Annotated[str | None, Opt(help="Upstream job ids, 41,42.")] = None,
     after_any: Annotated[bool, Opt(help="Run once upstream settles.")] = False,
     queue: cli.Queue = None,
+    secret_file: cli.SecretFile = None,
     json_out: cli.Json = False,
     verbose: cli.Verbose = 0,
     quiet: cli.Quiet = False,
@@ -66,6 +68,7 @@ def put(
     Many:     glow-put --tube nightly < jobs.jsonl  (a JSON array or JSON Lines)
     """
     cli.setup_logging("glow-put", verbose, quiet)
+    secret = load_secret(secret_file[0]) if secret_file else None
     limits = _given(memory=memory, cpu_time=cpu_time, nofile=nofile, nproc=nproc)
     limits.update(_given(nice=nice))
     defaults = _given(
@@ -91,7 +94,7 @@ def put(
     else:
         jobs = read_jobs(sys.stdin.buffer.read(), defaults)
 
-    ids = put_jobs(queue, jobs)
+    ids = put_jobs(queue, jobs, secret)
     for (_, job), job_id in zip(jobs, ids, strict=True):
         if json_out:
             print(json.dumps({"id": job_id, "tube": job.tube, "cmd": job.describe()}))
@@ -147,13 +150,10 @@ def read_jobs(data: bytes, defaults: dict[str, Any]) -> list[tuple[str, Job]]:
         raise JobInvalid("stdin", "holds no jobs (pipe JSON, or give a command)")
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if text.lstrip().startswith("[") or exc.msg != "Extra data":
+    except (ValueError, RecursionError) as exc:
+        if text.lstrip().startswith("[") or getattr(exc, "msg", "") != "Extra data":
             if not _looks_like_lines(text):
-                raise JobInvalid(
-                    "stdin", f"is not JSON ({exc.msg} at line {exc.lineno} "
-                    f"column {exc.colno})"
-                ) from None  # fmt: skip
+                raise JobInvalid("stdin", f"is not JSON ({_problem(exc)})") from None
         return _read_lines(text, defaults)
     if isinstance(value, dict):
         value = [value]
@@ -175,11 +175,18 @@ def _read_lines(text: str, defaults: dict[str, Any]) -> list[tuple[str, Job]]:
         where = f"job {len(jobs) + 1} on line {lineno}"
         try:
             raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problem = f"is not JSON ({exc.msg} at column {exc.colno})"
+        except (ValueError, RecursionError) as exc:
+            problem = f"is not JSON ({_problem(exc, line_too=False)})"
             raise JobInvalid(where, problem) from None
         jobs.append(_parse(raw, where, defaults))
     return jobs
+
+
+def _problem(exc: Exception, line_too: bool = True) -> str:
+    if not isinstance(exc, json.JSONDecodeError):
+        return json_problem(exc)
+    at_line = f"line {exc.lineno} " if line_too else ""
+    return f"{exc.msg} at {at_line}column {exc.colno}"
 
 
 def _parse(raw: Any, where: str, defaults: dict[str, Any]) -> tuple[str, Job]:
@@ -188,13 +195,18 @@ def _parse(raw: Any, where: str, defaults: dict[str, Any]) -> tuple[str, Job]:
     return where, parse_job(raw, where, defaults)
 
 
-def put_jobs(queue: str | None, jobs: list[tuple[str, Job]]) -> list[int]:
+def put_jobs(
+    queue: str | None, jobs: list[tuple[str, Job]], secret: Secret | None = None
+) -> list[int]:
     """Puts validated jobs over one connection; all of them or none.
 
-    Raises JobInvalid for a body the server would refuse, Interrupted if the
-    connection broke part-way (after deleting what had been put).
+    Signs each body with `secret` if given. Raises JobInvalid for a body the
+    server would refuse, Interrupted if the connection broke part-way (after
+    deleting what had been put).
     """
     bodies = [job.to_body() for _, job in jobs]
+    if secret:
+        bodies = [sign(body, secret) for body in bodies]
     conn = connect(queue)
     try:
         _check_sizes(conn, jobs, bodies)
