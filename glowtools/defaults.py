@@ -29,6 +29,19 @@ MIN_SECRET_LENGTH = 16
 ERROR_TUBE = "GLOW_ERRORS"
 INTERNAL_PREFIX = "GLOW_"
 ERROR_TTR = 3600
+# Held jobs: the index tube prefix, and the rules file variable glow-put reads.
+HELD_PREFIX = "GLOW_HELD."
+DEPS_ENV = "GLOW_DEPS"
+# glow-dep leases index records for HELD_TTR s and touches them every DEP_SWEEP s;
+# it checks upstream tubes every DEP_CHECK s while it holds anything.
+HELD_TTR = 300
+DEP_SWEEP = 60.0
+DEP_CHECK = 0.5
+# A running glow-dep shows what it holds in GLOW_DEP.<host>.<pid>, a job delayed
+# by VIEW_TTL s and renewed every VIEW_REFRESH s: a ready one is a dead glow-dep's.
+VIEW_PREFIX = "GLOW_DEP."
+VIEW_TTL = 20
+VIEW_REFRESH = 5.0
 
 # How much of a job's output a failure report keeps, per stream.
 TAIL_LINES = 20

@@ -1,17 +1,21 @@
 """glow-put: puts jobs into beanstalkd tubes, one from the command line or many
 from stdin."""
 
+import contextlib
 import json
 import logging
 import os
 import sys
 from typing import Annotated, Any
 
+import greenstalk
 import typer
 
 from . import cli
 from .connection import Connection, PartialPut, connect
+from .defaults import DEPS_ENV
 from .errors import Interrupted, JobInvalid, QueueUnreachable
+from .hold import apply_rules, held_put, holding_problem, load_rules, record_put
 from .job import Job, json_problem, parse_job
 from .sign import Secret, load_secret, sign
 
@@ -55,6 +59,10 @@ def put(
     after: Annotated[str | None, Opt(help="Upstream tubes, a,b.")] = None,
     after_job: Annotated[str | None, Opt(help="Upstream job ids, 41,42.")] = None,
     after_any: Annotated[bool, Opt(help="Run once upstream settles.")] = False,
+    deps: Annotated[
+        str | None,
+        Opt(envvar=DEPS_ENV, metavar="FILE", help='Rules: {"tube": ["upstream"]}.'),
+    ] = None,
     queue: cli.Queue = None,
     secret_file: cli.SecretFile = None,
     json_out: cli.Json = False,
@@ -93,6 +101,7 @@ def put(
         raise JobInvalid("glow-put", "no command and no jobs on stdin (give one)")
     else:
         jobs = read_jobs(sys.stdin.buffer.read(), defaults)
+    jobs = _with_rules(jobs, load_rules(deps) if deps else {})
 
     ids = put_jobs(queue, jobs, secret)
     for (_, job), job_id in zip(jobs, ids, strict=True):
@@ -195,6 +204,16 @@ def _parse(raw: Any, where: str, defaults: dict[str, Any]) -> tuple[str, Job]:
     return where, parse_job(raw, where, defaults)
 
 
+def _with_rules(jobs: list[tuple[str, Job]], rules: dict) -> list[tuple[str, Job]]:
+    """Adds the rules' upstream tubes; raises JobInvalid for a job that cannot wait."""
+    jobs = [(where, apply_rules(job, rules)) for where, job in jobs]
+    for where, job in jobs:
+        problem = job.held and holding_problem(job)
+        if problem:
+            raise JobInvalid(where, problem)
+    return jobs
+
+
 def put_jobs(
     queue: str | None, jobs: list[tuple[str, Job]], secret: Secret | None = None
 ) -> list[int]:
@@ -211,15 +230,29 @@ def put_jobs(
     try:
         _check_sizes(conn, jobs, bodies)
         puts = [
-            (job.tube, body, job.pri, job.delay, job.ttr)
+            held_put(job, body)
+            if job.held
+            else (job.tube, body, job.pri, job.delay, job.ttr)
             for (_, job), body in zip(jobs, bodies, strict=True)
         ]
         try:
-            return conn.put_many(puts, _progress(len(puts)))
+            return _put_all(conn, jobs, puts)
         except PartialPut as exc:
             raise _undo(queue, exc, len(puts)) from exc.cause
     finally:
         conn.close()
+
+
+def _put_all(conn: Connection, jobs: list, puts: list) -> list[int]:
+    """Puts the jobs, then the index records of held ones, which name their ids."""
+    ids = conn.put_many(puts, _progress(len(puts)))
+    held = zip(jobs, ids, strict=True)
+    records = [record_put(job, job_id) for (_, job), job_id in held if job.held]
+    try:
+        conn.put_many(records)
+    except PartialPut as exc:
+        raise PartialPut(ids + exc.ids, exc.cause) from exc.cause
+    return ids
 
 
 def _check_sizes(conn: Connection, jobs: list, bodies: list[bytes]) -> None:
@@ -252,7 +285,10 @@ def _undo(queue: str | None, exc: PartialPut, total: int) -> Exception:
     try:
         with connect(queue) as conn:
             for job_id in exc.ids:
-                conn.delete(job_id)
+                # A held job's index record may already be leased by glow-dep,
+                # which drops it once it sees the job gone.
+                with contextlib.suppress(greenstalk.NotFoundError):
+                    conn.delete(job_id)
     except QueueUnreachable:
         left = ",".join(map(str, exc.ids))
         return Interrupted(
