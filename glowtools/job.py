@@ -161,7 +161,7 @@ def load_body(body: bytes | str, where: str = "body") -> Any:
 def json_problem(exc: Exception) -> str:
     """Words for why json.loads failed: syntax, encoding, depth or a long number."""
     if isinstance(exc, json.JSONDecodeError):
-        return f"{exc.msg} at character {exc.pos}"
+        return f"{exc.msg.removesuffix(' at')} at character {exc.pos}"
     if isinstance(exc, UnicodeDecodeError):
         return "not UTF-8"
     if isinstance(exc, RecursionError):
@@ -171,7 +171,14 @@ def json_problem(exc: Exception) -> str:
 
 def _json_type(value: Any) -> str:
     names = {list: "array", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(value), "number")
+    return names.get(type(value), "object" if isinstance(value, dict) else "number")
+
+
+def _a_json(value: Any) -> str:
+    kind = _json_type(value)
+    return {"array": "an array", "object": "an object", "null": "null"}.get(
+        kind, f"a {kind}"
+    )
 
 
 def _suggest(name: str) -> str:
@@ -187,7 +194,7 @@ def _suggest(name: str) -> str:
 
 def _text(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"must be a string, not a {_json_type(value)}")
+        raise ValueError(f"must be a string, not {_a_json(value)}")
     if "\0" in value:
         raise ValueError("contains a NUL byte")
     if not value.isascii():
@@ -217,7 +224,7 @@ def _path(value: Any) -> str:
 def _integer(low: int, high: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int | str | float):
-            raise ValueError(f"must be a whole number, not a {_json_type(value)}")
+            raise ValueError(f"must be a whole number, not {_a_json(value)}")
         if isinstance(value, float) and not value.is_integer():
             raise ValueError(f"must be a whole number, not {value}")
         text = str(value).strip()
@@ -233,7 +240,7 @@ def _integer(low: int, high: int) -> Callable[[Any], int]:
 
 def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"must be a number of seconds, not a {_json_type(value)}")
+        raise ValueError(f"must be a number of seconds, not {_a_json(value)}")
     try:
         number = float(value)
     except ValueError:
@@ -262,13 +269,13 @@ def _args(value: Any) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise ValueError(f"must be a list of strings, not a {_json_type(value)}")
+        raise ValueError(f"must be a list of strings, not {_a_json(value)}")
     return [_text(item) if isinstance(item, str) else _scalar(item) for item in value]
 
 
 def _scalar(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"must hold strings, not a {_json_type(value)}")
+        raise ValueError(f"must hold strings, not {_a_json(value)}")
     return str(value)
 
 
@@ -295,7 +302,7 @@ def _user_tube(value: Any) -> str:
 def _tubes(value: Any) -> list[str]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list):
-        raise ValueError(f"must be a list of tubes, not a {_json_type(value)}")
+        raise ValueError(f"must be a list of tubes, not {_a_json(value)}")
     return [tube_name(_strip(item)) for item in items]
 
 
@@ -306,14 +313,14 @@ def _strip(item: Any) -> Any:
 def _job_ids(value: Any) -> list[int]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list):
-        raise ValueError(f"must be a list of job ids, not a {_json_type(value)}")
+        raise ValueError(f"must be a list of job ids, not {_a_json(value)}")
     return [_integer(1, 2**64 - 1)(_strip(item)) for item in items]
 
 
 def _mailto(value: Any) -> list[str]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list):
-        raise ValueError(f"must be addresses, not a {_json_type(value)}")
+        raise ValueError(f"must be addresses, not {_a_json(value)}")
     addresses = [_text(item).strip() for item in items]
     addresses = [address for address in addresses if address]
     for address in addresses:
@@ -335,7 +342,7 @@ def _env(value: Any) -> dict[str, str]:
     elif value is None:
         return {}
     else:
-        raise ValueError(f"must be an object of strings, not a {_json_type(value)}")
+        raise ValueError(f"must be an object of strings, not {_a_json(value)}")
     env = {}
     for name, text in pairs:
         if not _ENV_NAME_RE.fullmatch(name):
@@ -374,7 +381,7 @@ _LIMIT_PARSERS = {
 
 def _limits(value: Any) -> dict[str, int]:
     if not isinstance(value, dict):
-        raise ValueError(f"must be an object, not a {_json_type(value)}")
+        raise ValueError(f"must be an object, not {_a_json(value)}")
     limits = {}
     for name, item in value.items():
         if name not in _LIMIT_PARSERS:

@@ -195,7 +195,8 @@ def _problem(exc: Exception, line_too: bool = True) -> str:
     if not isinstance(exc, json.JSONDecodeError):
         return json_problem(exc)
     at_line = f"line {exc.lineno} " if line_too else ""
-    return f"{exc.msg} at {at_line}column {exc.colno}"
+    # json's "Invalid control character at" carries its own "at".
+    return f"{exc.msg.removesuffix(' at')} at {at_line}column {exc.colno}"
 
 
 def _parse(raw: Any, where: str, defaults: dict[str, Any]) -> tuple[str, Job]:

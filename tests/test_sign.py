@@ -5,11 +5,11 @@ import hmac
 import json
 import os
 
-import greenstalk
 import pytest
 from conftest import error_reports, tool, wait_for
 from hypothesis import given
 from hypothesis import strategies as st
+from test_listen import gone, state
 
 from glowtools.errors import JobInvalid
 from glowtools.job import Job
@@ -35,18 +35,6 @@ def put(*args: str, env: dict | None = None) -> int:
     result = tool("glow-put", *args, env=env)
     assert result.returncode == 0, result.stderr
     return int(result.stdout)
-
-
-def state(client, job_id: int) -> str:
-    return client.stats_job(job_id)["state"]
-
-
-def gone(client, job_id: int) -> bool:
-    try:
-        client.stats_job(job_id)
-    except greenstalk.NotFoundError:
-        return True
-    return False
 
 
 def test_put_adds_key_id_and_hmac_of_the_canonical_body(beanstalkd, client, tmp_path):
