@@ -54,6 +54,17 @@ RESERVE_WAIT = 1
 # Time a job's process tree gets between SIGTERM and SIGKILL.
 KILL_GRACE = 5.0
 
+# Failure mail: the SMTP port when --smtp names none, seconds a send may take,
+# mails waiting at most, and the variables holding the login (never flags).
+SMTP_PORT = 25
+MAIL_TIMEOUT = 10.0
+MAIL_QUEUE_MAX = 100
+SMTP_USER_ENV = "GLOW_SMTP_USER"
+SMTP_PASSWORD_ENV = "GLOW_SMTP_PASSWORD"
+SMTP_PASSWORD_FILE_ENV = "GLOW_SMTP_PASSWORD_FILE"
+# Variables of the listener that jobs never see.
+PRIVATE_ENV_PREFIX = "GLOW_SMTP_"
+
 
 # Tubes that carry glowtools' own state next to a user's tube (name + tube).
 PAUSED_PREFIX = "GLOW_PAUSED."

@@ -18,12 +18,16 @@ from .connection import Connection, connect, parse_address, queue_address
 from .defaults import (
     ERROR_TTR,
     ERROR_TUBE,
+    MAX_DELAY,
+    PRIVATE_ENV_PREFIX,
     RESERVE_WAIT,
     TUBE_REFRESH,
     is_internal_tube,
 )
 from .errors import ConfigInvalid, JobInvalid, QueueUnreachable
+from .isolation import Host
 from .job import Job
+from .mail import Mailer, mail_settings
 from .paused import paused_in
 from .presence import Presence, listener_status
 from .runner import Outcome, Run
@@ -108,7 +112,11 @@ class Listener:
         self.stopping = threading.Event()
         self.terminating = threading.Event()
         self.runs: dict[int, Run] = {}
-        self.base_env = dict(os.environ)
+        self.base_env = {
+            k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV_PREFIX)
+        }
+        self.host: Host | None = None
+        self.mailer: Mailer | None = None
         # With secrets, only jobs signed with one of them run (sign.open_body).
         self.secrets: list[Secret] = []
 
@@ -177,6 +185,8 @@ class Slot(threading.Thread):
         try:
             reserved = self.conn.reserve(timeout=RESERVE_WAIT)
         except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
+            if self.listener.host:
+                self.listener.host.sweep()
             return
         self._handle(reserved)
 
@@ -217,8 +227,12 @@ class Slot(threading.Thread):
         self._settle(reserved, job, outcome)
 
     def _run(self, reserved: greenstalk.Job, job: Job) -> Outcome:
-        run = Run(job, reserved.id, self.listener.base_env)
-        log.info("job %d (tube %s) running: %s", reserved.id, job.tube, job.describe())
+        run = Run(job, reserved.id, self.listener.base_env, self.listener.host)
+        run.outcome.attempt = attempt = self._attempt(reserved, job)
+        of = f" (attempt {attempt} of {job.retries + 1})" if job.retries else ""
+        log.info(
+            "job %d (tube %s) running%s: %s", reserved.id, job.tube, of, job.describe()
+        )
         if not run.start():
             return run.outcome
         self.listener.runs[reserved.id] = run
@@ -229,6 +243,17 @@ class Slot(threading.Thread):
         finally:
             del self.listener.runs[reserved.id]
         return run.outcome
+
+    def _attempt(self, reserved: greenstalk.Job, job: Job) -> int:
+        # beanstalkd counts a job's releases; each retry is one. Other releases
+        # (a stopping listener, a full tube) count too, so attempts may be fewer.
+        if not job.retries:
+            return 1
+        try:
+            releases = self.conn.stats_job(reserved)["releases"]
+        except greenstalk.NotFoundError:
+            return 1
+        return min(releases + 1, job.retries + 1)
 
     def _touch(self, reserved: greenstalk.Job) -> None:
         try:
@@ -251,12 +276,37 @@ class Slot(threading.Thread):
             log.warning("%s ended but its reservation was lost; it may run again", name)
 
     def _fail(self, reserved: greenstalk.Job, job: Job, outcome: Outcome) -> None:
+        if outcome.attempt <= job.retries and not outcome.refused:
+            self._retry(reserved, job, outcome)
+            return
         self.conn.bury(reserved, priority=job.pri)
         log.error(
-            "job %d (tube %s) failed: %s after %.2f s; buried",
+            "job %d (tube %s) failed: %s after %.2f s%s; buried",
             reserved.id, job.tube, outcome.summary(), outcome.duration,
+            _attempt_of(job, outcome),
         )  # fmt: skip
-        self._report(failure_report(reserved.id, job, outcome))
+        report = failure_report(reserved.id, job, outcome)
+        try:
+            self._report(report)
+        finally:
+            self._mail(report, job)
+
+    def _retry(self, reserved: greenstalk.Job, job: Job, outcome: Outcome) -> None:
+        delay = min(job.retry_delay * 2 ** (outcome.attempt - 1), MAX_DELAY)
+        self.conn.release(reserved, priority=job.pri, delay=delay)
+        log.warning(
+            "job %d (tube %s) failed: %s after %.2f s%s; released to run again in %d s",
+            reserved.id, job.tube, outcome.summary(), outcome.duration,
+            _attempt_of(job, outcome), delay,
+        )  # fmt: skip
+
+    def _mail(self, report: dict, job: Job) -> None:
+        if not job.mailto:
+            return
+        if self.listener.mailer is None:
+            log.info("job %d: not mailed (glow-listen has no --smtp)", report["id"])
+            return
+        self.listener.mailer.send(report, job.mailto)
 
     def _reject(self, reserved: greenstalk.Job, problem: str) -> None:
         self.conn.bury(reserved)
@@ -269,6 +319,10 @@ class Slot(threading.Thread):
         self.conn.put(json.dumps(report).encode(), ttr=ERROR_TTR)
 
 
+def _attempt_of(job: Job, outcome: Outcome) -> str:
+    return f" (attempt {outcome.attempt} of {job.retries + 1})" if job.retries else ""
+
+
 def failure_report(job_id: int, job: Job, outcome: Outcome) -> dict:
     """Returns the JSON report a failed job leaves on the error tube."""
     return {
@@ -279,6 +333,11 @@ def failure_report(job_id: int, job: Job, outcome: Outcome) -> dict:
         "exit_code": outcome.exit_code,
         "signal": outcome.signal,
         "error": outcome.summary(),
+        "reason": outcome.error,
+        "ended": outcome.ended(),
+        "attempt": outcome.attempt,
+        "attempts": job.retries + 1,
+        "user": job.user,
         "host": HOST,
         "pid": os.getpid(),
         "started": outcome.started,
@@ -301,6 +360,18 @@ def listen(
     ] = 1,
     limit: Annotated[list[str] | None, Opt(help="TUBE=N: at most N at once.")] = None,
     log_file: Annotated[str | None, Opt("--log", help="Append log lines here.")] = None,
+    smtp: Annotated[
+        str | None, Opt(metavar="HOST:PORT", help="Mail failures through this server.")
+    ] = None,
+    mail_from: Annotated[str | None, Opt(help="Sender of failure mail.")] = None,
+    smtp_starttls: Annotated[bool, Opt(help="Use STARTTLS with --smtp.")] = False,
+    allow_user: Annotated[
+        list[str] | None,
+        Opt(help="Users a root listener may run jobs as (a,b; * any but root)."),
+    ] = None,
+    cgroups: Annotated[
+        bool, Opt(help="Use cgroups for memory and nproc limits where offered.")
+    ] = True,
     queue: cli.Queue = None,
     secret_file: cli.SecretFile = None,
     verbose: cli.Verbose = 0,
@@ -322,7 +393,27 @@ def listen(
     signal.signal(signal.SIGINT, lambda *_: listener.stop())
     signal.signal(signal.SIGTERM, lambda *_: listener.terminate())
     signal.signal(signal.SIGHUP, lambda *_: _reopen(handler))
-    listener.run()
+    if smtp:
+        sender = mail_from or f"glow@{HOST}"
+        listener.mailer = Mailer(mail_settings(smtp, sender, smtp_starttls))
+    elif mail_from or smtp_starttls:
+        raise ConfigInvalid("--mail-from and --smtp-starttls need --smtp HOST:PORT")
+    listener.host = _host(_split(",".join(allow_user or [])), cgroups)
+    try:
+        listener.run()
+    finally:
+        listener.host.close()
+        if listener.mailer:
+            listener.mailer.close()
+
+
+def _host(allowed: list[str], cgroups: bool) -> Host:
+    host = Host(allowed, use_cgroups=cgroups)
+    level = logging.INFO if host.cgroups or not cgroups else logging.WARNING
+    log.log(level, "listener %d: %s", os.getpid(), host.describe())
+    if allowed and not host.users.is_root:
+        log.warning("--allow-user has no effect: the listener is not root")
+    return host
 
 
 def _secrets(paths: list) -> list[Secret]:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from .defaults import KILL_GRACE, TAIL_BYTES, TAIL_LINES
+from .isolation import Confinement, Host, Refused, acting_as
 from .job import Job
 
 _READ_SIZE = 65536
@@ -27,6 +28,10 @@ class Outcome:
     duration: float = 0.0
     stdout_tail: str = ""
     stderr_tail: str = ""
+    # The job may not run on this listener at all: running it again cannot help.
+    refused: bool = False
+    # Which run of the job this is, counted from 1 (the listener sets it).
+    attempt: int = 1
 
     @property
     def ok(self) -> bool:
@@ -37,11 +42,16 @@ class Outcome:
         """Returns how the run ended in a few words: `exit 3`, `killed by SIGKILL`."""
         if self.error and self.exit_code is None and self.signal is None:
             return self.error
-        if self.signal is not None:
-            ended = f"killed by {signal.Signals(self.signal).name}"
-        else:
-            ended = f"exit {self.exit_code}"
+        ended = self.ended()
         return f"{self.error} ({ended})" if self.error else ended
+
+    def ended(self) -> str:
+        """Returns how the process ended: `exit 3`, `killed by SIGKILL`."""
+        if self.signal is not None:
+            return f"killed by {signal.Signals(self.signal).name}"
+        if self.exit_code is not None:
+            return f"exit {self.exit_code}"
+        return "did not start"
 
 
 class _Tail:
@@ -66,10 +76,14 @@ class Run:
     drives a Run, though `kill` may be called from a signal handler.
     """
 
-    def __init__(self, job: Job, job_id: int, base_env: dict[str, str]) -> None:
+    def __init__(
+        self, job: Job, job_id: int, base_env: dict[str, str], host: Host | None = None
+    ) -> None:
         self.job = job
         self.job_id = job_id
         self.base_env = base_env
+        self.host = host
+        self.confinement: Confinement | None = None
         self.outcome = Outcome()
         self.proc: subprocess.Popen | None = None
         self._deadline = None
@@ -81,15 +95,31 @@ class Run:
     def start(self) -> bool:
         """Spawns the command; returns False, with the outcome set, if it cannot."""
         try:
-            self._open_outputs()
+            self._confine()
+            account = self.confinement and self.confinement.account
+            with acting_as(account):
+                self._open_outputs()
+                _check_workdir(self.job.workdir)
             self.proc = self._spawn()
         except _SpawnError as exc:
             self.outcome.error = str(exc)
             self._close_files()
+            self._end_confinement()
             return False
+        if self.host:
+            self.host.running.add(str(self.job_id))
         if self.job.timeout:
             self._deadline = time.monotonic() + self.job.timeout
         return True
+
+    def _confine(self) -> None:
+        if self.host is None:
+            return
+        try:
+            self.confinement = self.host.confine(self.job, f"job-{self.job_id}")
+        except Refused as exc:
+            self.outcome.refused = True
+            raise _SpawnError(str(exc)) from None
 
     def _open_outputs(self) -> None:
         opened: dict[str, int] = {}
@@ -102,12 +132,29 @@ class Run:
 
     def _spawn(self) -> subprocess.Popen:
         job = self.job
-        if not os.path.isdir(job.workdir):
-            raise _SpawnError(f"workdir {job.workdir} does not exist")
         env = dict(self.base_env)
+        preexec = None
+        if self.confinement:
+            env.update(self.confinement.environ())
+            preexec = self.confinement.preexec()
         env.update(job.env)
         env["GLOW_JOB_ID"] = str(self.job_id)
         env["GLOW_TUBE"] = job.tube
+        try:
+            proc = self._popen(env, preexec)
+        finally:
+            if self.confinement:
+                self.confinement.started()
+        for pipe, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
+            target = self._paths[getattr(job, name)]
+            self._sinks[pipe.fileno()] = (target, _Tail())
+            self._selector.register(pipe, selectors.EVENT_READ)
+        self._tails = [self._sinks[proc.stdout.fileno()][1]]
+        self._tails.append(self._sinks[proc.stderr.fileno()][1])
+        return proc
+
+    def _popen(self, env: dict[str, str], preexec) -> subprocess.Popen:
+        job = self.job
         try:
             proc = subprocess.Popen(
                 [job.cmd, *job.args],
@@ -117,20 +164,26 @@ class Run:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
+                preexec_fn=preexec,
             )
         except FileNotFoundError:
             raise _SpawnError(f"command {job.cmd!r} not found") from None
         except PermissionError:
             raise _SpawnError(f"command {job.cmd!r} is not executable") from None
+        except BlockingIOError:
+            raise _SpawnError(self._blocked()) from None
         except OSError as exc:
             raise _SpawnError(f"command {job.cmd!r} failed to start: {exc}") from None
-        for pipe, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
-            target = self._paths[getattr(job, name)]
-            self._sinks[pipe.fileno()] = (target, _Tail())
-            self._selector.register(pipe, selectors.EVENT_READ)
-        self._tails = [self._sinks[proc.stdout.fileno()][1]]
-        self._tails.append(self._sinks[proc.stderr.fileno()][1])
+        except subprocess.SubprocessError as exc:
+            problem = f"cannot apply the job's limits or user ({exc})"
+            raise _SpawnError(problem) from None
         return proc
+
+    def _blocked(self) -> str:
+        nproc = self.job.limits.get("nproc")
+        if nproc:
+            return f"nproc limit {nproc} reached before the command started"
+        return f"command {self.job.cmd!r} failed to start: too many processes"
 
     def wait(self, seconds: float) -> bool:
         """Copies output for up to `seconds`; returns True once the job has ended."""
@@ -173,6 +226,8 @@ class Run:
         # The command exited but something it started still holds its output
         # open: the job is over, so what it left behind goes too.
         self._signal_tree(signal.SIGKILL)
+        if self.host:
+            self.host.sweep(ended=str(self.job_id))
         self._pump(0.2)
 
     def _reap(self, seconds: float) -> bool:
@@ -194,8 +249,18 @@ class Run:
         if self._killed_for and not out.error:
             out.error = self._killed_for
         out.stdout_tail, out.stderr_tail = (tail.text() for tail in self._tails)
+        if self.confinement and not out.error and code != 0:
+            out.error = self.confinement.reason(out.signal, out.stderr_tail)
         self._close_files()
         self._selector.close()
+        self._end_confinement()
+        if self.host:
+            self.host.running.discard(str(self.job_id))
+            self.host.sweep()
+
+    def _end_confinement(self) -> None:
+        if self.confinement:
+            self.confinement.end()
 
     def kill(self, reason: str = "killed") -> None:
         """Ends the job's tree: SIGTERM, then SIGKILL after a grace period.
@@ -213,6 +278,8 @@ class Run:
             os.killpg(self.proc.pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
+        if self.confinement:
+            self.confinement.signal(signum)
 
     def _close_files(self) -> None:
         for fd in self._files:
@@ -222,6 +289,18 @@ class Run:
 
 class _SpawnError(Exception):
     """The command could not be started; the message says why."""
+
+
+def _check_workdir(path: str) -> None:
+    # Looking up "." inside needs the right to enter the folder, as the job's user.
+    try:
+        os.stat(os.path.join(path, "."))
+    except FileNotFoundError:
+        raise _SpawnError(f"workdir {path} does not exist") from None
+    except NotADirectoryError:
+        raise _SpawnError(f"workdir {path} is not a folder") from None
+    except OSError as exc:
+        raise _SpawnError(f"workdir {path}: {exc.strerror}") from None
 
 
 def _open_append(path: str, name: str) -> int:
