@@ -74,17 +74,22 @@ def fail(prog: str, exc: GlowError) -> NoReturn:
 
 
 def setup_logging(
-    prog: str, verbose: int = 0, quiet: bool = False, base: int = logging.WARNING
+    prog: str,
+    verbose: int = 0,
+    quiet: bool = False,
+    base: int = logging.WARNING,
+    stamp: bool = True,
 ) -> logging.Handler:
     """Sends log lines to stderr, timestamped unless journald adds its own.
 
     Each -v lowers the level one step below `base`; -q raises it to warnings.
+    `stamp=False` leaves timestamps out (a one-shot tool's notices).
     """
     steps = [logging.WARNING, logging.INFO, logging.DEBUG]
     level = steps[min(steps.index(base) + verbose, 2)]
-    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    when = "%(asctime)s " if stamp and not os.environ.get("JOURNAL_STREAM") else ""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(f"{stamp}{prog}: %(message)s"))
+    handler.setFormatter(logging.Formatter(f"{when}{prog}: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING if quiet else level)

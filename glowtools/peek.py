@@ -1,0 +1,71 @@
+"""glow-peek: shows a job's body, its stats and, if it failed, its failure report."""
+
+import json
+from typing import Annotated, Any
+
+import greenstalk
+import typer
+
+from . import cli, listing
+from .connection import Connection, connect
+from .errors import NotFound
+
+app = cli.app("Show a job: its body, its stats and its failure report.")
+
+
+@app.command()
+def peek(
+    target: Annotated[str, typer.Argument(metavar="ID | TUBE")],
+    buried: Annotated[
+        bool, typer.Option("--buried", help="Show the first buried job of TUBE.")
+    ] = False,
+    queue: cli.Queue = None,
+    json_out: cli.Json = False,
+) -> None:
+    """Show a job's body as JSON, its stats and, if it is buried, why it failed.
+
+    glow-peek 42      glow-peek --buried nightly      glow-peek --json 42 | jq .
+    """
+    with connect(queue) as conn:
+        if buried:
+            job_id = first_buried(conn, listing.user_tube(target))
+        elif target.isdigit() and int(target) > 0:
+            job_id = int(target)
+        else:
+            raise typer.BadParameter(f"{target!r} is not a job id", param_hint="ID")
+        shown = show_job(conn, job_id)
+    print(json.dumps(shown, indent=None if json_out else 2))
+
+
+def first_buried(conn: Connection, tube: str) -> int:
+    """Returns the id of the oldest buried job of `tube`; raises NotFound if none."""
+    listing.tube_stats(conn, tube)
+    job = listing.peek(conn, tube, "buried")
+    if job is None:
+        raise NotFound(f"tube {tube!r} has no buried jobs")
+    return job.id
+
+
+def show_job(conn: Connection, job_id: int) -> dict[str, Any]:
+    """Returns a job's id, tube, state, stats, body and failure report, if any."""
+    stats = listing.job_stats(conn, job_id)
+    try:
+        body = conn.peek(job_id).body
+    except greenstalk.NotFoundError:
+        raise NotFound(f"job {job_id} was deleted while being read") from None
+    shown = {
+        "id": job_id,
+        "tube": stats["tube"],
+        "state": listing.state_of(stats),
+        "stats": stats,
+        "body": listing.describe_body(body),
+    }
+    if stats["state"] == "buried":
+        report = listing.failure_reports(conn.address, {job_id}).get(job_id)
+        shown["report"] = report
+    return shown
+
+
+def main() -> None:
+    """Runs glow-peek."""
+    cli.run(app, "glow-peek")
