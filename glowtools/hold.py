@@ -23,7 +23,9 @@ Public API, kept stable for glow-put, glow-dep, glow-stats and glow-drain:
                                     glow-dep has leased, and their records
   load_rules(path), find_cycle(rules), apply_rules(job, rules)
   fetch_upstream(conn, records), judge(record, upstream) -> Verdict
-  take_records(conn), release_held(conn, records), confirm_held(conn, records)
+  take_records(conn), watch_index_tubes(conn, watching)
+  confirm_held(conn, records), sweep_held(conn, records), release_held(conn, records)
+  group_records(records, upstream) -> [Group], read_views(conn), view_tube(host)
   pipeline(conn, commands) -> [Answer]
 """
 
@@ -260,17 +262,20 @@ def take_records(conn: Connection, limit: int = 100_000) -> list[Record]:
     A record that is not one is buried, so that it is neither lost nor retried.
     """
     records: list[Record] = []
+    size = 16
     while len(records) < limit:
-        answers = pipeline(conn, [b"reserve-with-timeout 0\r\n"] * WINDOW)
+        answers = pipeline(conn, [b"reserve-with-timeout 0\r\n"] * size)
         for answer in answers:
             if answer.word == b"RESERVED":
-                records.extend(_record_or_bury(conn, answer))
+                records.extend(record_or_bury(conn, answer))
         if answers[-1].word != b"RESERVED":
             return records
+        size = min(size * 2, WINDOW)
     return records
 
 
-def _record_or_bury(conn: Connection, answer: Answer) -> list[Record]:
+def record_or_bury(conn: Connection, answer: Answer) -> list[Record]:
+    """Reads a RESERVED answer as a record, or buries it if it is not one."""
     record_id = int(answer.args[0])
     try:
         return [parse_record(answer.data or b"", record_id)]
@@ -399,6 +404,18 @@ def confirm_held(
     return held, gone, lost
 
 
+def sweep_held(
+    conn: Connection, records: Sequence[Record]
+) -> tuple[list[Record], list[Record], list[Record]]:
+    """Renews the lease of records and deletes those whose job is not held any more.
+
+    Returns (held, gone, lost) as confirm_held, without the stats.
+    """
+    held, gone, lost = confirm_held(conn, records)
+    pipeline(conn, [b"delete %d\r\n" % r.record_id for r in gone])
+    return [r for r, _ in held], gone, lost
+
+
 def release_held(
     conn: Connection, records: Sequence[Record]
 ) -> tuple[list[Record], list[Record], list[Record]]:
@@ -453,13 +470,21 @@ class Group:
         return dict(self.__dict__)
 
 
-def group_records(records: Iterable[Record], upstream: Upstream) -> list[Group]:
-    """Groups records by tube and upstream, each group judged once."""
+def group_records(
+    records: Iterable[Record], upstream: Upstream | dict[tuple, Verdict]
+) -> list[Group]:
+    """Groups records by tube and upstream, each group judged once.
+
+    `upstream` is the upstream's state, or the verdicts already made, by key.
+    """
     groups: dict[tuple, Group] = {}
     for record in records:
         group = groups.get(record.key)
         if group is None:
-            verdict = judge(record, upstream)
+            if isinstance(upstream, dict):
+                verdict = upstream.get(record.key, Verdict("waiting"))
+            else:
+                verdict = judge(record, upstream)
             group = groups[record.key] = Group(
                 record.tube, list(record.after), list(record.after_jobs),
                 record.after_any, 0, [], verdict.state, verdict.reason,

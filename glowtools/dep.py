@@ -1,0 +1,328 @@
+"""glow-dep: releases held jobs once the tubes and jobs they wait on have drained."""
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import defaultdict
+from typing import Annotated
+
+import typer
+
+from . import cli, hold
+from .connection import Connection, connect, parse_address, queue_address
+from .defaults import DEP_CHECK, DEP_SWEEP, TUBE_REFRESH, VIEW_REFRESH, VIEW_TTL
+from .errors import QueueUnreachable
+from .hold import Group, Record, Upstream, Verdict
+
+log = logging.getLogger("glowtools.dep")
+HOST = socket.gethostname()
+BACKOFF_MAX = 30.0
+# A view lists at most this many job ids per group, and stays below the smallest
+# job size beanstalkd may be started with.
+VIEW_IDS = 50
+VIEW_MAX_BYTES = 60_000
+
+
+class Releaser:
+    """Leases index records and releases their held jobs when their upstream drains.
+
+    Each check costs one pipelined stats command per distinct upstream tube or
+    job, whatever the number of held jobs; a drain releases all that wait on it.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.conn: Connection | None = None
+        self.records: dict[int, Record] = {}
+        self.watching: set[str] = set()
+        self.verdicts: dict[tuple, Verdict] = {}
+        self.stopping = threading.Event()
+        self.view = View(address)
+        self._refreshed = self._swept = 0.0
+
+    def run(self) -> None:
+        """Checks and releases until stopped. Blocks."""
+        log.info("glow-dep %d on %s: queue %s", os.getpid(), HOST, self.address)
+        backoff = 0.5
+        while not self.stopping.is_set():
+            try:
+                self.check(wait=True)
+                backoff = 0.5
+            except QueueUnreachable as exc:
+                self.disconnect()
+                log.warning("%s; retrying in %.1f s", exc, backoff)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        self.view.withdraw()
+        self.disconnect()
+        log.info("glow-dep %d stopped", os.getpid())
+
+    def check(self, wait: bool = False) -> list[Record]:
+        """Takes new records, releases what can be released; returns those records.
+
+        With `wait`, waits for new records up to DEP_CHECK s (1 s when idle).
+        """
+        if self.conn is None:
+            self.conn = connect(self.address)
+            self.watching = {"default"}
+            log.debug("connected to %s", self.address)
+        self._take(wait)
+        released = self._release()
+        if time.monotonic() - self._swept > DEP_SWEEP:
+            self._sweep()
+        self.view.publish(self.conn, self.records.values(), self.verdicts)
+        return released
+
+    def disconnect(self) -> None:
+        """Closes the connection; beanstalkd gives the leased records back at once."""
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except OSError:
+                pass
+            self.conn = None
+        self.records.clear()
+        self.verdicts.clear()
+
+    def _take(self, wait: bool) -> None:
+        if time.monotonic() - self._refreshed > TUBE_REFRESH:
+            self.watching = hold.watch_index_tubes(self.conn, self.watching)
+            self._refreshed = time.monotonic()
+        if wait and not self.records:
+            # Idle: one blocking reserve instead of a check every DEP_CHECK s.
+            answer = hold.pipeline(self.conn, [b"reserve-with-timeout 1\r\n"])[0]
+            if answer.word != b"RESERVED":
+                return
+            for record in hold.record_or_bury(self.conn, answer):
+                self.records[record.record_id] = record
+        elif wait:
+            self.stopping.wait(DEP_CHECK)
+        for record in hold.take_records(self.conn):
+            self.records[record.record_id] = record
+
+    def _release(self) -> list[Record]:
+        if not self.records:
+            return []
+        upstream = hold.fetch_upstream(self.conn, self.records.values())
+        by_key: dict[tuple, list[Record]] = defaultdict(list)
+        for record in self.records.values():
+            by_key[record.key].append(record)
+        ready = [r for rs in by_key.values() if self._judge(rs, upstream) for r in rs]
+        if not ready:
+            return []
+        released, gone, lost = hold.release_held(self.conn, ready)
+        for record in ready:
+            del self.records[record.record_id]
+            self.verdicts.pop(record.key, None)
+        _say_released(released)
+        _say_gone(gone)
+        _say_lost(lost)
+        return released
+
+    def _judge(self, records: list[Record], upstream: Upstream) -> bool:
+        """Judges records that share a key; says so when their state changes."""
+        verdict = hold.judge(records[0], upstream)
+        before = self.verdicts.get(records[0].key)
+        self.verdicts[records[0].key] = verdict
+        # A waiting job's reason changes with every job upstream: say it once.
+        if verdict != before and not (
+            before and before.state == verdict.state == "waiting"
+        ):
+            _say_verdict(records, verdict, before)
+        return verdict.state == "release"
+
+    def _sweep(self) -> None:
+        records = list(self.records.values())
+        _, gone, lost = hold.sweep_held(self.conn, records)
+        for record in [*gone, *lost]:
+            del self.records[record.record_id]
+        _say_gone(gone)
+        _say_lost(lost)
+        self._swept = time.monotonic()
+
+
+def _say_verdict(records: list[Record], verdict: Verdict, before) -> None:
+    tube, count = records[0].tube, len(records)
+    jobs = f"{count} held job" + ("s" if count > 1 else "")
+    if verdict.state == "blocked":
+        log.warning("tube %s: %s blocked: %s", tube, jobs, verdict.reason)
+    elif before and before.state == "blocked":
+        log.info("tube %s: %s no longer blocked", tube, jobs)
+    elif verdict.state == "waiting":
+        log.debug("tube %s: %s waiting: %s", tube, jobs, verdict.reason)
+
+
+def _say_released(released: list[Record]) -> None:
+    by_key: dict[tuple, list[Record]] = defaultdict(list)
+    for record in released:
+        by_key[record.key].append(record)
+        log.debug("job %d (tube %s) released", record.job_id, record.tube)
+    for (tube, after, after_jobs, after_any), records in by_key.items():
+        ids = _ids(r.job_id for r in records)
+        settled = "settled" if after_any else "drained"
+        waited = ", ".join([*after, *(f"job {j}" for j in after_jobs)])
+        log.info("tube %s: released job(s) %s; %s %s", tube, ids, waited, settled)
+
+
+def _say_gone(gone: list[Record]) -> None:
+    for record in gone:
+        log.info(
+            "job %d (tube %s) is no longer held (deleted or kicked); "
+            "its index record is dropped", record.job_id, record.tube,
+        )  # fmt: skip
+
+
+def _say_lost(lost: list[Record]) -> None:
+    if lost:
+        log.warning(
+            "lost the lease of %d index record(s); another glow-dep has them",
+            len(lost),
+        )
+
+
+def _ids(ids) -> str:
+    ids = sorted(ids)
+    shown = ",".join(map(str, ids[:20]))
+    return shown + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+
+
+class View:
+    """What this glow-dep holds, shown to glow-stats and glow-dep --graph.
+
+    One job in GLOW_DEP.<host>.<pid>, delayed VIEW_TTL s and renewed every
+    VIEW_REFRESH s, so that a ready one is known to be a dead glow-dep's.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.tube = hold.view_tube(HOST)
+        self.job_id: int | None = None
+        self.body = b""
+        self.conn: Connection | None = None
+        self._shown = 0.0
+
+    def publish(self, conn: Connection, records, verdicts) -> None:
+        """Renews the view if it changed or is due; drops dead glow-deps' views."""
+        body = self._body(records, verdicts)
+        due = time.monotonic() - self._shown > VIEW_REFRESH
+        if body == self.body and (not due or not records):
+            return
+        self.conn = conn
+        new_id = None
+        if records:
+            conn.use(self.tube)
+            new_id = conn.put(body, priority=0, delay=VIEW_TTL, ttr=1)
+        self._delete_view()
+        self.job_id, self.body, self._shown = new_id, body, time.monotonic()
+        if due:
+            _drop_dead_views(conn, self.tube)
+
+    def withdraw(self) -> None:
+        """Deletes the view, on a clean stop."""
+        try:
+            self._delete_view()
+        except QueueUnreachable:
+            pass
+
+    def _delete_view(self) -> None:
+        if self.job_id is not None and self.conn is not None:
+            hold.pipeline(self.conn, [b"delete %d\r\n" % self.job_id])
+            self.job_id = None
+
+    def _body(self, records, verdicts) -> bytes:
+        if not records:
+            return b""
+        groups = [_trimmed(g) for g in hold.group_records(records, verdicts)]
+        body = json.dumps({"daemon": f"{HOST}:{os.getpid()}", "groups": groups})
+        while len(body) > VIEW_MAX_BYTES and len(groups) > 1:
+            groups = groups[: len(groups) // 2]
+            body = json.dumps({"daemon": f"{HOST}:{os.getpid()}", "groups": groups})
+        return body.encode()
+
+
+def _trimmed(group: Group) -> dict:
+    data = group.to_dict()
+    data["ids"] = sorted(data["ids"])[:VIEW_IDS]
+    return data
+
+
+def _drop_dead_views(conn: Connection, mine: str) -> None:
+    views = [t for t in conn.tubes() if hold.held_tube(t) is None and t != mine]
+    for tube in views:
+        if not tube.startswith(hold.VIEW_PREFIX):
+            continue
+        conn.use(tube)
+        answer = hold.pipeline(conn, [b"peek-ready\r\n"])[0]
+        if answer.word == b"FOUND":
+            hold.pipeline(conn, [b"delete %s\r\n" % answer.args[0]])
+    conn.use("default")
+
+
+app = cli.app("Release held jobs once the tubes and jobs they wait on have drained.")
+Opt = typer.Option
+
+
+@app.command()
+def dep(
+    once: Annotated[bool, Opt(help="Release what can be released, then exit.")] = False,
+    graph: Annotated[bool, Opt(help="Print what is held now, and on what.")] = False,
+    queue: cli.Queue = None,
+    json_out: cli.Json = False,
+    verbose: cli.Verbose = 0,
+    quiet: cli.Quiet = False,
+) -> None:
+    """Release held jobs when their upstream tubes and jobs have drained.
+
+    glow-dep -v   (runs until SIGINT or SIGTERM; several may run at once)
+    """
+    cli.setup_logging("glow-dep", verbose, quiet, base=logging.INFO)
+    address = queue_address(queue)
+    parse_address(address)
+    if graph:
+        _print_graph(address, json_out)
+        return
+    releaser = Releaser(address)
+    if once:
+        try:
+            for record in releaser.check():
+                print(record.job_id)
+        finally:
+            releaser.disconnect()
+        return
+    signal.signal(signal.SIGINT, lambda *_: releaser.stopping.set())
+    signal.signal(signal.SIGTERM, lambda *_: releaser.stopping.set())
+    releaser.run()
+
+
+def _print_graph(address: str, json_out: bool) -> None:
+    with connect(address) as conn:
+        groups = hold.held_groups(conn)
+    for group in groups:
+        print(json.dumps(group.to_dict()) if json_out else _describe(group))
+    rules = defaultdict(set)
+    for group in groups:
+        rules[group.tube].update(group.after)
+    cycle = hold.find_cycle({tube: sorted(up) for tube, up in rules.items()})
+    if cycle:
+        print(
+            f"glow-dep: held jobs wait on each other in a cycle: "
+            f"{' -> '.join(cycle)}; they are never released (delete some)",
+            file=sys.stderr,
+        )
+
+
+def _describe(group: Group) -> str:
+    upstream = [*group.after, *(f"job {j}" for j in group.after_jobs)]
+    any_ = " (settled, failed or not)" if group.after_any else ""
+    state = f"{group.state}: {group.reason}" if group.reason else group.state
+    return f"{group.tube} after {', '.join(upstream)}{any_}: {group.held} held, {state}"
+
+
+def main() -> None:
+    """Runs glow-dep."""
+    cli.run(app, "glow-dep")
