@@ -377,7 +377,7 @@ class Confinement:
 _STDERR_SIGNS = {
     "nofile": ("too many open files",),
     "memory": ("cannot allocate memory", "memoryerror", "out of memory"),
-    "nproc": ("resource temporarily unavailable",),
+    "nproc": ("resource temporarily unavailable", "cannot fork"),
 }
 
 
@@ -418,17 +418,21 @@ class Host:
 
     def __init__(self, allowed_users: list[str], use_cgroups: bool = True) -> None:
         self.users = UserPolicy(allowed_users)
+        self.use_cgroups = use_cgroups
         self.cgroups = detect_cgroups() if use_cgroups else None
         self.niceness = os.getpriority(os.PRIO_PROCESS, 0)
         self.subreaper = become_subreaper()
         self.running: set[str] = set()
+        if self.users.is_root and self.users.allowed:
+            drop_supplementary_groups()
 
     def describe(self) -> str:
         """Returns one line on how jobs are confined here, for the start-up log."""
         if self.cgroups:
             limits = f"memory and nproc limits by {self.cgroups.describe()}"
         else:
-            limits = "no usable cgroups: memory and nproc limits by rlimits"
+            why = "no usable cgroups" if self.use_cgroups else "cgroups not used"
+            limits = f"{why}: memory and nproc limits by rlimits, per process"
         who = f"runs as {self.users.me}"
         if self.users.is_root:
             allowed = ", ".join(sorted(self.users.allowed)) or "no other user"

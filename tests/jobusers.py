@@ -1,0 +1,55 @@
+"""Users made for a test and removed after it, and a folder they may write."""
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (useradd)")
+
+
+@dataclass
+class TestUser:
+    """A login made by useradd: its name, ids, home and a folder it owns."""
+
+    name: str
+    uid: int
+    gid: int
+    home: Path
+    folder: Path
+
+
+@pytest.fixture
+def make_user() -> Iterator:
+    """Makes uniquely named users (with a home); removes them afterwards."""
+    made: list[TestUser] = []
+    scratch = Path(tempfile.mkdtemp(prefix="glowusers-"))
+    scratch.chmod(0o755)
+
+    def make() -> TestUser:
+        name = f"glowt{uuid.uuid4().hex[:8]}"
+        home = scratch / name
+        subprocess.run(
+            ["useradd", "--create-home", "--home-dir", str(home), "--shell",
+             "/bin/sh", name],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        entry = pwd.getpwnam(name)
+        folder = scratch / f"{name}-files"
+        folder.mkdir()
+        os.chown(folder, entry.pw_uid, entry.pw_gid)
+        user = TestUser(name, entry.pw_uid, entry.pw_gid, home, folder)
+        made.append(user)
+        return user
+
+    yield make
+    for user in made:
+        subprocess.run(["userdel", "--force", user.name], capture_output=True)
+    shutil.rmtree(scratch, ignore_errors=True)
