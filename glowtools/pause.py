@@ -82,3 +82,8 @@ def resume_tube(conn: Connection, tube: str) -> None:
         return
     listing.tube_stats(conn, tube)
     log.info("tube %s was not paused", tube)
+
+
+def main() -> None:
+    """Runs glow-pause."""
+    cli.run(app, "glow-pause")
