@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (useradd)")
+# The venv's interpreter may sit where other users cannot reach it (pyenv under
+# /root); the system one with the venv's packages on its path runs the listener.
+SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 @dataclass
@@ -26,9 +29,11 @@ class TestUser:
     folder: Path
 
 
-@pytest.fixture
-def make_user() -> Iterator:
-    """Makes uniquely named users (with a home); removes them afterwards."""
+def user_factory() -> Iterator:
+    """Yields a maker of uniquely named users (with a home); removes them after.
+
+    Test modules wrap it in a fixture: `yield from user_factory()`.
+    """
     made: list[TestUser] = []
     scratch = Path(tempfile.mkdtemp(prefix="glowusers-"))
     scratch.chmod(0o755)

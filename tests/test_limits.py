@@ -7,11 +7,16 @@ from pathlib import Path
 import greenstalk
 import pytest
 from conftest import error_reports, tool, wait_for
-from jobusers import make_user, needs_root  # noqa: F401 (make_user is a fixture)
+from jobusers import needs_root, user_factory
 
 pytestmark = needs_root
 PYTHON = "/usr/bin/python3"
 HOG = "b = b'x' * (300 << 20); print(len(b))"
+
+
+@pytest.fixture
+def make_user():
+    yield from user_factory()
 
 
 def put(*args: str) -> int:
@@ -44,7 +49,7 @@ def processes_of(uid: int) -> list[str]:
 
 
 @pytest.fixture
-def user(make_user):  # noqa: F811 (the fixture imported above)
+def user(make_user):
     return make_user()
 
 
