@@ -18,7 +18,9 @@ app = cli.app("Delete jobs by id, printing each first so it can be put back.")
 
 @app.command()
 def delete(
-    ids: Annotated[list[int], typer.Argument(metavar="ID...", min=1)],
+    ids: Annotated[
+        list[int], typer.Argument(metavar="ID", min=1, help="Jobs to delete.")
+    ],
     queue: cli.Queue = None,
     verbose: cli.Verbose = 0,
     quiet: cli.Quiet = False,

@@ -23,7 +23,9 @@ app = cli.app("Empty tubes into JSON lines that glow-put takes back.")
 
 @app.command()
 def drain(
-    tubes: Annotated[list[str] | None, typer.Argument(metavar="TUBE...")] = None,
+    tubes: Annotated[
+        list[str] | None, typer.Argument(metavar="TUBE", help="Tubes to empty.")
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", "-n", help="Print the lines; take nothing.")
     ] = False,

@@ -18,7 +18,10 @@ app = cli.app("Kick buried jobs back to ready.")
 
 @app.command()
 def kick(
-    targets: Annotated[list[str] | None, typer.Argument(metavar="TUBE | ID...")] = None,
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="TUBE|ID", help="A tube, or job ids with --id."),
+    ] = None,
     ids: Annotated[
         bool, typer.Option("--id", help="The arguments are job ids.")
     ] = False,

@@ -18,7 +18,9 @@ app = cli.app("Pause tubes so that no job of theirs is reserved, or resume them.
 
 @app.command()
 def pause(
-    tubes: Annotated[list[str], typer.Argument(metavar="TUBE...")],
+    tubes: Annotated[
+        list[str], typer.Argument(metavar="TUBE", help="Tubes to pause or resume.")
+    ],
     seconds: Annotated[
         int | None,
         typer.Option(
@@ -27,17 +29,21 @@ def pause(
     ] = None,
     until_resumed: Annotated[
         bool,
-        typer.Option(help="Pause until --resume, across listener and server restarts."),
+        typer.Option(
+            "--until-resumed",
+            help="Pause until --resume, across listener and server restarts.",
+        ),
     ] = False,
-    resume: Annotated[bool, typer.Option(help="End a pause of either kind.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="End a pause of either kind.")
+    ] = False,
     queue: cli.Queue = None,
     verbose: cli.Verbose = 0,
     quiet: cli.Quiet = False,
 ) -> None:
     """Pause tubes (no job of theirs is reserved meanwhile), or resume them.
 
-    glow-pause nightly --for 600    glow-pause nightly --until-resumed
-    glow-pause --resume nightly
+    glow-pause nightly --for 600 (then --resume, or wait), or --until-resumed
     """
     cli.setup_logging("glow-pause", verbose, quiet, base=logging.INFO, stamp=False)
     if [seconds is not None, until_resumed, resume].count(True) != 1:

@@ -15,7 +15,10 @@ app = cli.app("Show a job: its body, its stats and its failure report.")
 
 @app.command()
 def peek(
-    target: Annotated[str, typer.Argument(metavar="ID | TUBE")],
+    target: Annotated[
+        str,
+        typer.Argument(metavar="ID|TUBE", help="A job id, or a tube with --buried."),
+    ],
     buried: Annotated[
         bool, typer.Option("--buried", help="Show the first buried job of TUBE.")
     ] = False,

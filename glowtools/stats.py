@@ -13,7 +13,7 @@ import typer
 from . import cli, hold, listing, paused
 from .connection import Connection, connect
 from .defaults import is_internal_tube
-from .errors import NotFound
+from .errors import NotFound, QueueUnreachable
 from .presence import read_listeners
 
 app = cli.app("Show the tubes, the server and the listeners.")
@@ -48,7 +48,9 @@ class Figures:
 
 @app.command()
 def stats(
-    tubes: Annotated[list[str] | None, typer.Argument(metavar="[TUBE...]")] = None,
+    tubes: Annotated[
+        list[str] | None, typer.Argument(metavar="TUBE", help="Only these tubes.")
+    ] = None,
     watch: Annotated[
         float | None,
         Opt("--watch", "-w", min=0.1, metavar="SECONDS", help="Refresh until Ctrl-C."),
@@ -68,11 +70,11 @@ def stats(
     """
     names = [listing.user_tube(tube) for tube in tubes or []]
     render = _renderer(names, listeners, prometheus, json_out)
+    if watch:
+        watch_loop(queue, render, watch)
+        return
     with connect(queue) as conn:
-        if watch:
-            watch_loop(conn, render, watch)
-        else:
-            print(render(conn), flush=True)
+        print(render(conn), flush=True)
 
 
 def _renderer(
@@ -90,18 +92,29 @@ def _renderer(
     )
 
 
-def watch_loop(conn: Connection, render: Callable[[Connection], str], every: float):
-    """Prints `render` every `every` seconds, in place on a terminal, until Ctrl-C."""
+def watch_loop(queue: str | None, render: Callable[[Connection], str], every: float):
+    """Prints `render` every `every` seconds, in place on a terminal, until Ctrl-C.
+
+    A server that goes away is shown as such and reconnected to.
+    """
     in_place = sys.stdout.isatty()
+    conn = None
     try:
         while True:
-            text = render(conn)
-            if in_place:
-                text = "\x1b[H\x1b[2J" + text
-            print(text, flush=True)
+            clear = "\x1b[H\x1b[2J" if in_place else ""
+            try:
+                conn = conn or connect(queue)
+                print(clear + render(conn), flush=True)
+            except QueueUnreachable as exc:
+                conn = None
+                print(clear, end="", flush=True)
+                print(f"glow-stats: {exc}; trying again", file=sys.stderr, flush=True)
             time.sleep(every)
     except KeyboardInterrupt:
         pass
+    finally:
+        if conn is not None:
+            conn.close()
 
 
 def gather(conn: Connection, names: list[str]) -> list[Figures]:
@@ -177,10 +190,8 @@ def tubes_text(figures: list[Figures], colour: bool) -> str:
     lines = [_paint(head + f"{'TOTAL':>8}  PAUSED", "1", colour)]
     for f in figures:
         cells = "".join(_cell(f.counts[c], c, colour) for c in COLUMNS)
-        pause = _pause_text(f)
-        lines.append(
-            f"{f.tube:<{width}}{cells}{f.total:>8}  {_paint(pause, '33', colour)}"
-        )
+        pause = _paint(_pause_text(f), "33" if f.pause else None, colour)
+        lines.append(f"{f.tube:<{width}}{cells}{f.total:>8}  {pause}")
     if not figures:
         lines.append("(no tubes with jobs)")
     return "\n".join(lines + _blocked_lines(figures))
