@@ -348,7 +348,8 @@ def _judge_tube(tube: str, stats: dict | None, after_any: bool) -> Verdict:
         return Verdict("release")
     buried = stats["current-jobs-buried"]
     if buried and not after_any:
-        return Verdict("blocked", f"upstream tube {tube} has {_jobs(buried)} buried")
+        jobs = "job" if buried == 1 else "jobs"
+        return Verdict("blocked", f"upstream tube {tube} has {buried} buried {jobs}")
     states = ("ready", "delayed", "reserved")
     counts = [(stats[f"current-jobs-{s}"], s) for s in states]
     busy = ", ".join(f"{n} {s}" for n, s in counts if n)
@@ -370,10 +371,6 @@ def _judge_job(job_id: int, stats: dict | None, after_any: bool) -> Verdict:
 
 def _state(stats: dict) -> str:
     return "held" if is_held(stats) else stats["state"]
-
-
-def _jobs(count: int) -> str:
-    return f"{count} job" if count == 1 else f"{count} jobs"
 
 
 # Releasing.
@@ -470,6 +467,9 @@ class Group:
         return dict(self.__dict__)
 
 
+_RELEASABLE = "its upstream has drained; no glow-dep has released it yet"
+
+
 def group_records(
     records: Iterable[Record], upstream: Upstream | dict[tuple, Verdict]
 ) -> list[Group]:
@@ -485,6 +485,8 @@ def group_records(
                 verdict = upstream.get(record.key, Verdict("waiting"))
             else:
                 verdict = judge(record, upstream)
+            if verdict.state == "release":
+                verdict = Verdict("releasable", _RELEASABLE)
             group = groups[record.key] = Group(
                 record.tube, list(record.after), list(record.after_jobs),
                 record.after_any, 0, [], verdict.state, verdict.reason,
@@ -516,14 +518,23 @@ def held_groups(conn: Connection) -> list[Group]:
 
     Records no glow-dep has leased are read directly (reserved for an instant).
     """
-    groups = [g for view in read_views(conn) for g in view]
+    views = read_views(conn)
     watching = watch_index_tubes(conn, {"default"})
     records = take_records(conn)
     pipeline(conn, [b"release %d 0 0\r\n" % r.record_id for r in records])
     conn.watch("default")
     for tube in watching:
         conn.ignore(tube)
-    return groups + group_records(records, fetch_upstream(conn, records))
+    # A record that can be read directly is leased by no one: a view that lists
+    # it is a dead glow-dep's, not yet expired.
+    free = {r.job_id for r in records}
+    groups = [g for view in views if not free & _ids_of(view) for g in view]
+    groups += group_records(records, fetch_upstream(conn, records))
+    return sorted(groups, key=lambda g: (g.tube, g.after, g.after_jobs))
+
+
+def _ids_of(view: list[Group]) -> set[int]:
+    return {job_id for group in view for job_id in group.ids}
 
 
 def read_views(conn: Connection) -> list[list[Group]]:
@@ -560,8 +571,6 @@ def forget_held(conn: Connection, tube: str) -> int:
     """
     conn.watch(index_tube(tube))
     conn.ignore("default")
-    conn.use(index_tube(tube))
-    pipeline(conn, [b"kick 100000\r\n"])
     records = take_records(conn)
     answers = pipeline(conn, [b"stats-job %d\r\n" % r.job_id for r in records])
     doomed = [r for r, a in zip(records, answers, strict=True) if is_held(a.stats())]
@@ -569,5 +578,4 @@ def forget_held(conn: Connection, tube: str) -> int:
     pipeline(conn, [b"delete %d\r\n" % r.record_id for r in records])
     conn.watch("default")
     conn.ignore(index_tube(tube))
-    conn.use("default")
     return len(doomed)
