@@ -14,6 +14,9 @@ demo: venv
 test: venv
 	$(PY) -m pytest -m "not fleet" tests
 
+bench: venv
+	$(PY) bin/bench
+
 lint: venv
 	$(VENV)/bin/ruff check glowtools tests bin && $(VENV)/bin/ruff format --check glowtools tests bin
 

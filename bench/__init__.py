@@ -1,0 +1,1 @@
+"""glowtools' benchmark: each figure of issue 7 beside its floor (make bench)."""

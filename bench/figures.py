@@ -1,0 +1,373 @@
+"""Each group of figures of issue 7, measured beside its floor on the same server."""
+
+import json
+import random
+import subprocess
+import sys
+import time
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import greenstalk
+
+from .procs import (
+    BIN,
+    Server,
+    cpu_seconds,
+    deleted,
+    floor,
+    median,
+    peak_rss_mb,
+    percentile,
+    put_pipelined,
+    spread,
+    start,
+    stop,
+    timed_run,
+    tool,
+    wait_deleted,
+    wait_until,
+)
+from .report import Figure
+
+PUT_JOBS = 10_000
+DISPATCH_JOBS = 1_000
+EXTRA_TUBES = 100
+LATENCY_JOBS = 60
+HELD_JOBS = 10_000
+HELD_INDEX = "GLOW_HELD.bench-down"
+NEW_TUBES = 6
+HEAVY_MODULES = ("pydantic", "rich", "fabric", "paramiko", "invoke", "pygments")
+IMPORT_FLOOR = "import typer, greenstalk"
+
+
+def put_figures(server: Server, work: Path, repeat: int) -> list[Figure]:
+    """glow-put from a JSON Lines file against a raw pipelined loop and greenstalk."""
+    path = work / "jobs.jsonl"
+    path.write_text("".join(_job_line(n) for n in range(PUT_JOBS)))
+    runs: dict[str, list[float]] = {"glow": [], "raw": [], "greenstalk": []}
+    for _ in range(repeat):
+        for name, argv in _put_programs(server, str(path)):
+            server.restart()
+            with open(path, "rb") as stdin:
+                runs[name].append(PUT_JOBS / timed_run(argv(server.address), stdin))
+    glow, raw, plain = (median(runs[n]) for n in ("glow", "raw", "greenstalk"))
+    size = path.stat().st_size // PUT_JOBS
+    return [
+        Figure(
+            f"put: glow-put, {PUT_JOBS:,} jobs of {size:,} B",
+            glow,
+            "jobs/s",
+            raw,
+            "raw pipelined",
+            ("ratio", ">=", 0.6),
+            f"glow-put {spread(runs['glow'])}; raw floor {spread(runs['raw'])}",
+        ),
+        Figure(
+            "put: plain greenstalk loop (for scale)",
+            plain,
+            "jobs/s",
+            raw,
+            "raw pipelined",
+            note=spread(runs["greenstalk"]),
+        ),
+    ]
+
+
+def _job_line(n: int) -> str:
+    # About 1.6 KB a job, the size the issue's floor was quoted for: a command
+    # with a few arguments and an environment of twenty variables.
+    env = {f"BENCH_VAR_{k:02d}": f"{n:08d}" + "x" * 52 for k in range(20)}
+    job = {"tube": "bench-put", "cmd": "/usr/bin/env", "args": ["job", str(n)]}
+    return json.dumps({**job, "env": env}) + "\n"
+
+
+def _put_programs(server: Server, path: str):
+    return [
+        ("glow", lambda addr: tool("glow-put", "--queue", addr)),
+        ("raw", lambda addr: floor("put-raw", addr, "bench-put", path)),
+        ("greenstalk", lambda addr: floor("put-greenstalk", addr, "bench-put", path)),
+    ]
+
+
+def startup_figures(server: Server, repeat: int) -> list[Figure]:
+    """A single glow-put, every tool's --help, and what a put imports."""
+    imports, puts = [], []
+    for _ in range(max(10, 5 * repeat)):
+        imports.append(timed_run([sys.executable, "-c", IMPORT_FLOOR]))
+        argv = tool("glow-put", "--queue", server.address, "--tube", "t", "--", "true")
+        puts.append(timed_run(argv))
+    single = median(puts) * 1000
+    figures = [
+        Figure(
+            "start-up: one `glow-put -- true`",
+            single,
+            "ms",
+            median(imports) * 1000,
+            IMPORT_FLOOR,
+            ("ratio", "<=", 1.2),
+            f"put {spread(puts, 's')}; imports {spread(imports, 's')}",
+        ),
+        Figure("start-up: one put, absolute", single, "ms", goal=("value", "<", 300)),
+    ]
+    figures += [_help_figure(name) for name in _tools()]
+    figures.append(_heavy_imports(server))
+    return figures
+
+
+def _tools() -> list[str]:
+    scripts = entry_points(group="console_scripts")
+    return sorted(s.name for s in scripts if s.value.startswith("glowtools."))
+
+
+def _help_figure(name: str) -> Figure:
+    times = [timed_run(tool(name, "--help")) for _ in range(5)]
+    return Figure(
+        f"start-up: `{name} --help`",
+        median(times) * 1000,
+        "ms",
+        goal=("value", "<", 300),
+        note=spread(times, "s"),
+    )
+
+
+def _heavy_imports(server: Server) -> Figure:
+    argv = tool("glow-put", "--queue", server.address, "--tube", "t", "--", "true")
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", *argv], capture_output=True, text=True
+    )
+    names = {line.rpartition("|")[2].strip() for line in result.stderr.splitlines()}
+    heavy = sorted({n.split(".")[0] for n in names} & set(HEAVY_MODULES))
+    return Figure(
+        "start-up: heavy packages a put imports",
+        len(heavy),
+        "",
+        goal=("value", "<=", 0),
+        note=", ".join(heavy) or f"none of {', '.join(HEAVY_MODULES)}",
+    )
+
+
+def dispatch_figures(
+    server: Server, work: Path, repeat: int
+) -> tuple[list[Figure], float]:
+    """/bin/true jobs through one listener against a reserve/spawn/delete loop."""
+    runs: dict[str, list[float]] = {"floor": [], "c1": [], "tubes": [], "c2": []}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    peaks: list[float] = []
+    for _ in range(repeat):
+        for name in runs:
+            server.restart()
+            if name == "tubes":
+                _fill_extra_tubes(server)
+            rate, used, peak = _dispatch(server, name, work / f"{name}.log")
+            runs[name].append(rate)
+            cpu[name].append(used)
+            peaks.append(peak)
+    floor_rate, c1, tubes, c2 = (median(runs[n]) for n in runs)
+    per_job = ", ".join(f"{n} {median(ms):.2f}" for n, ms in cpu.items())
+    figures = [
+        Figure(
+            "dispatch: listener, concurrency 1",
+            c1,
+            "jobs/s",
+            floor_rate,
+            "reserve/spawn/delete",
+            ("ratio", ">=", 0.85),
+            f"listener {spread(runs['c1'])}; floor {spread(runs['floor'])}; "
+            f"CPU ms per job, the jobs aside: {per_job}",
+        ),
+        Figure(
+            f"dispatch: with {EXTRA_TUBES} tubes of delayed jobs",
+            tubes,
+            "jobs/s",
+            c1,
+            "listener, 1 tube",
+            ("ratio", ">=", 0.9),
+            spread(runs["tubes"]),
+        ),
+        Figure(
+            "dispatch: listener, concurrency 2",
+            c2,
+            "jobs/s",
+            c1,
+            "concurrency 1",
+            ("ratio", ">=", 1.6),
+            spread(runs["c2"]),
+        ),
+    ]
+    return figures, max(peaks)
+
+
+def _fill_extra_tubes(server: Server) -> None:
+    body = json.dumps({"cmd": "/bin/true", "tube": "x"}).encode()
+    for n in range(EXTRA_TUBES):
+        put_pipelined(server.address, f"bench-idle-{n:03d}", [body], delay=3600)
+
+
+def _dispatch(server: Server, name: str, log: Path) -> tuple[float, float, float]:
+    """Returns jobs/s, CPU ms per job and peak RSS of one run."""
+    tube = "bench-dispatch"
+    if name == "floor":
+        argv = floor("dispatch", server.address, tube, str(DISPATCH_JOBS + 1))
+    else:
+        concurrency = "2" if name == "c2" else "1"
+        argv = tool("glow-listen", "--queue", server.address, "-c", concurrency)
+    body = json.dumps({"cmd": "/bin/true", "tube": tube}).encode()
+    proc = start(argv, log)
+    try:
+        # Watching keeps the tube, and its counters, after the floor has exited.
+        with server.client(watch=tube) as client:
+            put_pipelined(server.address, tube, [body])
+            wait_deleted(client, tube, 1, timeout=15)
+            began, cpu = time.perf_counter(), cpu_seconds(proc.pid)
+            put_pipelined(server.address, tube, [body] * DISPATCH_JOBS)
+            wait_deleted(client, tube, DISPATCH_JOBS + 1)
+            rate = DISPATCH_JOBS / (time.perf_counter() - began)
+            # The floor has exited by now, but is not reaped: its counters stay.
+            used = cpu_seconds(proc.pid) - cpu
+        peak = peak_rss_mb(proc.pid) if name != "floor" else 0.0
+    finally:
+        stop(proc)
+    return rate, used * 1000 / DISPATCH_JOBS, peak
+
+
+def latency_figures(server: Server, work: Path) -> tuple[list[Figure], float]:
+    """Put-to-start for an idle listener, on a watched tube and on a new one."""
+    server.restart()
+    out = work / "latency.out"
+    out.write_text("")
+    proc = start(tool("glow-listen", "--queue", server.address), work / "lat.log")
+    try:
+        with server.client() as client:
+            tubes = ["bench-latency"] * (LATENCY_JOBS + 1)
+            watched = _latencies(client, out, tubes, (0.05, 0.15))
+            tubes = [f"bench-new-{n}" for n in range(NEW_TUBES)]
+            fresh = _latencies(client, out, tubes, (0.0, 1.0))
+        peak = peak_rss_mb(proc.pid)
+    finally:
+        stop(proc)
+    spawn = _spawn_floor()
+    watched = [ms - spawn for ms in watched[1:]]
+    fresh = [ms - spawn for ms in fresh]
+    method = f"command's own start-up ({spawn:.2f} ms) subtracted"
+    return [
+        Figure(
+            f"latency: put-to-start p50, {LATENCY_JOBS} jobs",
+            percentile(watched, 0.5),
+            "ms",
+            goal=("value", "<", 5),
+            note=f"{method}; min {min(watched):.2f}, max {max(watched):.2f} ms",
+        ),
+        Figure(
+            "latency: put-to-start p95",
+            percentile(watched, 0.95),
+            "ms",
+            goal=("value", "<", 20),
+        ),
+        Figure(
+            f"latency: a new tube picked up, max of {NEW_TUBES}",
+            max(fresh),
+            "ms",
+            goal=("value", "<=", 1000),
+            note="put at a random moment; " + ", ".join(f"{ms:.0f}" for ms in fresh),
+        ),
+    ], peak
+
+
+def _latencies(client, out: Path, tubes: list[str], pause) -> list[float]:
+    """Puts one date job per tube, each after the last ended and a random pause
+    in seconds; returns each job's put-to-start in ms."""
+    sent = []
+    for tube in tubes:
+        job = {"cmd": "/bin/date", "args": ["+%s%N"], "tube": tube, "out": str(out)}
+        client.use(tube)
+        before = deleted(client, tube)
+        time.sleep(random.uniform(*pause))
+        sent.append(time.time_ns())
+        client.put(json.dumps(job).encode())
+        wait_deleted(client, tube, before + 1, timeout=15)
+    stamps = [int(word) for word in out.read_text().split()][-len(tubes) :]
+    return [(stamp - put) / 1e6 for stamp, put in zip(stamps, sent, strict=True)]
+
+
+def _spawn_floor() -> float:
+    """Returns the median ms from spawning `date +%s%N` to its reading the clock."""
+    times = []
+    for _ in range(30):
+        before = time.time_ns()
+        out = subprocess.run(["/bin/date", "+%s%N"], capture_output=True).stdout
+        times.append((int(out) - before) / 1e6)
+    return median(times)
+
+
+def memory_figures(listener_peak: float) -> list[Figure]:
+    return [
+        Figure(
+            "memory: listener peak RSS",
+            listener_peak,
+            "MB",
+            goal=("value", "<", 40),
+            note="highest VmHWM over every listener the bench ran",
+        )
+    ]
+
+
+def dependency_figures(server: Server, work: Path) -> list[Figure]:
+    """Held jobs released by glow-dep after the last upstream job is deleted."""
+    name = f"dependencies: {HELD_JOBS:,} held jobs released"
+    if not (BIN / "glow-dep").exists():
+        return [
+            Figure(name, None, "s", goal=("value", "<=", 5), note="no glow-dep"),
+            Figure("memory: glow-dep peak RSS", None, "MB"),
+        ]
+    server.restart()
+    path = work / "held.jsonl"
+    job = {"tube": "bench-down", "cmd": "/bin/true", "after": ["bench-up"]}
+    path.write_text((json.dumps(job) + "\n") * HELD_JOBS)
+    dep = start(tool("glow-dep", "--queue", server.address), work / "dep.log")
+    try:
+        with server.client(use="bench-up", watch="bench-up") as client:
+            client.put(json.dumps({"cmd": "/bin/true", "tube": "bench-up"}).encode())
+            with open(path, "rb") as stdin:
+                timed_run(tool("glow-put", "--queue", server.address), stdin)
+            seconds = _release_time(client)
+        peak = peak_rss_mb(dep.pid)
+    finally:
+        stop(dep)
+    return [
+        Figure(
+            name,
+            seconds,
+            "s",
+            goal=("value", "<=", 5),
+            note="from the bench's delete of the upstream job to all held jobs ready",
+        ),
+        Figure("memory: glow-dep peak RSS", peak, "MB", note=f"{HELD_JOBS:,} held"),
+    ]
+
+
+def _release_time(client) -> float:
+    """Waits until glow-dep leases every record, deletes the upstream job, and
+    returns the seconds until every held job is ready."""
+    wait_until(
+        lambda: _count(client, HELD_INDEX, "current-jobs-reserved") >= HELD_JOBS,
+        120,
+        "glow-dep to lease every index record",
+        step=0.05,
+    )
+    upstream = client.reserve(timeout=5)
+    began = time.perf_counter()
+    client.delete(upstream)
+    wait_until(
+        lambda: _count(client, "bench-down", "current-jobs-ready") >= HELD_JOBS,
+        120,
+        "the held jobs to be released",
+    )
+    return time.perf_counter() - began
+
+
+def _count(client, tube: str, counter: str) -> int:
+    try:
+        return int(client.stats_tube(tube)[counter])
+    except greenstalk.NotFoundError:
+        return 0
