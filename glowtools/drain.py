@@ -92,9 +92,10 @@ class Drain:
             signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)
         ]
         try:
-            for state in listing.STATES:
-                while self._take_next(state):
-                    pass
+            # Another pass catches jobs that changed state meanwhile: a job a
+            # listener released, a held job glow-dep released.
+            while sum(self._take_all(state) for state in listing.STATES):
+                pass
         finally:
             signal.signal(signal.SIGINT, old[0])
             signal.signal(signal.SIGTERM, old[1])
@@ -105,6 +106,12 @@ class Drain:
 
     def _on_signal(self, *_) -> None:
         self.stop.set()
+
+    def _take_all(self, state: str) -> int:
+        taken = 0
+        while self._take_next(state):
+            taken += 1
+        return taken
 
     def _take_next(self, state: str) -> bool:
         if self.stop.is_set():

@@ -74,7 +74,9 @@ def stats(
         watch_loop(queue, render, watch)
         return
     with connect(queue) as conn:
-        print(render(conn), flush=True)
+        text = render(conn)
+    if text:
+        print(text, flush=True)
 
 
 def _renderer(

@@ -155,3 +155,16 @@ def test_watch_refreshes_until_ctrl_c(beanstalkd, client):
 
     assert proc.wait(10) == 0, proc.stderr.read()
     assert json.loads(first)["nightly"]["jobs-ready"] == 1
+
+
+def test_a_listener_that_stops_withdraws_its_status(beanstalkd, client, listen):
+    listener = listen("--tubes", "nightly")
+
+    def status_tubes():
+        return [t for t in client.tubes() if t.startswith("GLOW_LISTENER.")]
+
+    wait_for(status_tubes, what="the listener's status tube")
+    assert listener.stop() == 0
+
+    assert status_tubes() == []
+    assert tool("glow-stats", "--listeners", "--json").stdout == ""
