@@ -4,10 +4,9 @@ that go over each limit; the listener and other jobs carry on."""
 import json
 from pathlib import Path
 
-import greenstalk
 import pytest
-from conftest import error_reports, tool, wait_for
-from jobusers import needs_root, user_factory
+from conftest import error_reports, wait_for
+from support import gone, needs_root, put, user_factory
 
 pytestmark = needs_root
 PYTHON = "/usr/bin/python3"
@@ -17,20 +16,6 @@ HOG = "b = b'x' * (300 << 20); print(len(b))"
 @pytest.fixture
 def make_user():
     yield from user_factory()
-
-
-def put(*args: str) -> int:
-    result = tool("glow-put", *args)
-    assert result.returncode == 0, result.stderr
-    return int(result.stdout)
-
-
-def gone(client, job_id: int) -> bool:
-    try:
-        client.stats_job(job_id)
-    except greenstalk.NotFoundError:
-        return True
-    return False
 
 
 def processes_of(uid: int) -> list[str]:

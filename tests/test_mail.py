@@ -5,11 +5,11 @@ import email.policy
 import os
 from collections.abc import Iterator
 
-import greenstalk
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 from conftest import error_reports, free_port, tool, wait_for
+from support import gone, put
 
 HOST = os.uname().nodename
 
@@ -47,20 +47,6 @@ def smtp() -> Iterator[tuple[Inbox, str]]:
     controller = serve(inbox)
     yield inbox, f"127.0.0.1:{controller.port}"
     controller.stop()
-
-
-def put(*args: str) -> int:
-    result = tool("glow-put", *args)
-    assert result.returncode == 0, result.stderr
-    return int(result.stdout)
-
-
-def gone(client, job_id: int) -> bool:
-    try:
-        client.stats_job(job_id)
-    except greenstalk.NotFoundError:
-        return True
-    return False
 
 
 def test_failed_job_mails_its_addresses_once_with_what_happened(listen, client, smtp):

@@ -7,10 +7,9 @@ import subprocess
 import sysconfig
 from pathlib import Path
 
-import greenstalk
 import pytest
 from conftest import error_reports, tool, wait_for
-from jobusers import SYSTEM_PYTHON, needs_root, user_factory
+from support import SYSTEM_PYTHON, gone, needs_root, put, user_factory
 
 pytestmark = needs_root
 SHOW = 'id -un; id -gn; echo "$HOME"; echo "$PATH"; echo "$USER"; pwd'
@@ -19,20 +18,6 @@ SHOW = 'id -un; id -gn; echo "$HOME"; echo "$PATH"; echo "$USER"; pwd'
 @pytest.fixture
 def make_user():
     yield from user_factory()
-
-
-def put(*args: str) -> int:
-    result = tool("glow-put", *args)
-    assert result.returncode == 0, result.stderr
-    return int(result.stdout)
-
-
-def gone(client, job_id: int) -> bool:
-    try:
-        client.stats_job(job_id)
-    except greenstalk.NotFoundError:
-        return True
-    return False
 
 
 def refusal(client, job_id: int) -> str:

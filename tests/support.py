@@ -1,4 +1,5 @@
-"""Users made for a test and removed after it, and a folder they may write."""
+"""Helpers of the job-running tests: putting jobs, users made for a test and
+removed after it (each with a folder it may write)."""
 
 import os
 import pwd
@@ -10,7 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import greenstalk
 import pytest
+from conftest import tool
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (useradd)")
 # The venv's interpreter may sit where other users cannot reach it (pyenv under
@@ -58,3 +61,19 @@ def user_factory() -> Iterator:
     for user in made:
         subprocess.run(["userdel", "--force", user.name], capture_output=True)
     shutil.rmtree(scratch, ignore_errors=True)
+
+
+def put(*args: str) -> int:
+    """Runs glow-put with `args`; returns the job id it printed."""
+    result = tool("glow-put", *args)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout)
+
+
+def gone(client, job_id: int) -> bool:
+    """Tells whether a job has been deleted."""
+    try:
+        client.stats_job(job_id)
+    except greenstalk.NotFoundError:
+        return True
+    return False
