@@ -6,7 +6,7 @@ from typing import Annotated, Any
 import greenstalk
 import typer
 
-from . import cli, listing
+from . import cli, hold, listing
 from .connection import Connection, connect
 from .errors import NotFound
 
@@ -66,7 +66,18 @@ def show_job(conn: Connection, job_id: int) -> dict[str, Any]:
     if stats["state"] == "buried":
         report = listing.failure_reports(conn.address, {job_id}).get(job_id)
         shown["report"] = report
+    elif shown["state"] == "held":
+        shown["upstream"] = _upstream_of(conn, job_id)
     return shown
+
+
+def _upstream_of(conn: Connection, job_id: int) -> dict | None:
+    """Returns what a held job waits on and whether that is blocked, if known."""
+    for group in hold.held_groups(conn):
+        if job_id in group.ids:
+            keys = ("after", "after_jobs", "after_any", "state", "reason")
+            return {key: getattr(group, key) for key in keys}
+    return None
 
 
 def main() -> None:

@@ -276,6 +276,11 @@ def prometheus_text(conn: Connection, names: list[str]) -> str:
     out += _metric("glow_tube_jobs", "Jobs of a tube by state.", jobs)
     pauses = [(f'tube="{f.tube}"', f.pause) for f in figures]
     out += _metric("glow_tube_pause_seconds", "Seconds a pause has left.", pauses)
+    blocked = [(f'tube="{f.tube}"', len(f.blocked)) for f in figures]
+    out += _metric(
+        "glow_tube_blocked_jobs", "Buried jobs and held jobs whose upstream failed.",
+        blocked,
+    )  # fmt: skip
     found = read_listeners(conn)
     out += _metric("glow_listeners", "Listeners connected now.", [("", len(found))])
     running = [

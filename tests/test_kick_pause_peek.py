@@ -207,3 +207,16 @@ def test_delete_of_a_held_job_drops_its_index_record(beanstalkd, client):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["after"] == ["upstream"]
     assert "GLOW_HELD.nightly" not in client.tubes()
+
+
+def test_peek_of_a_held_job_says_what_it_waits_on(beanstalkd, client):
+    put("-t", "upstream", "--", "true")
+    held = put("-t", "nightly", "--after", "upstream", "--", "true")
+
+    result = tool("glow-peek", "--json", str(held))
+
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["state"] == "held"
+    assert shown["upstream"]["after"] == ["upstream"]
+    assert shown["upstream"]["state"] == "waiting"
