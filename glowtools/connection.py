@@ -125,13 +125,15 @@ class Connection(greenstalk.Client):
     ) -> list[int]:
         """Puts (tube, body, pri, delay, ttr) tuples pipelined; returns their ids.
 
-        Raises PartialPut, carrying the ids already inserted, if the batch stops.
+        Raises PartialPut, carrying the ids already inserted and the bodies sent
+        without an answer, if the batch stops.
         `progress`, if given, is called with the count put after each window.
         """
         ids: list[int] = []
         current = None
         for start in range(0, len(puts), PIPELINE_WINDOW):
             window = puts[start : start + PIPELINE_WINDOW]
+            before = len(ids)
             wire, expect = [], []
             for tube, body, pri, delay, ttr in window:
                 if tube != current:
@@ -147,7 +149,8 @@ class Connection(greenstalk.Client):
                     for is_put in expect:
                         ids.extend(self._read_put_answer(is_put))
             except Exception as exc:
-                raise PartialPut(ids, exc) from exc
+                unanswered = [put[1] for put in window[len(ids) - before :]]
+                raise PartialPut(ids, exc, unanswered) from exc
             if progress:
                 progress(len(ids))
         return ids
@@ -167,11 +170,18 @@ class Connection(greenstalk.Client):
 
 
 class PartialPut(Exception):
-    """A pipelined batch stopped; `ids` were inserted before it did."""
+    """A pipelined batch stopped; `ids` were inserted before it did.
 
-    def __init__(self, ids: list[int], cause: Exception) -> None:
+    The server may also have inserted any of the `unanswered` bodies: they were
+    sent, but their answers were not read.
+    """
+
+    def __init__(
+        self, ids: list[int], cause: Exception, unanswered: Sequence[bytes] = ()
+    ) -> None:
         self.ids = ids
         self.cause = cause
+        self.unanswered = list(unanswered)
         super().__init__(str(cause))
 
 

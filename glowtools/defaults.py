@@ -27,6 +27,10 @@ MIN_SECRET_LENGTH = 16
 
 # Tubes that glowtools keeps for itself; listeners never reserve from them.
 ERROR_TUBE = "GLOW_ERRORS"
+# glow-put's mark, put and deleted at once: jobs of a broken batch have lower ids.
+UNDO_TUBE = "GLOW_UNDO"
+# How many ids below the mark glow-put looks at beyond the puts left unanswered.
+UNDO_SLACK = 1000
 INTERNAL_PREFIX = "GLOW_"
 ERROR_TTR = 3600
 # Held jobs: the index tube prefix, and the rules file variable glow-put reads.

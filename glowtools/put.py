@@ -1,6 +1,7 @@
 """glow-put: puts jobs into beanstalkd tubes, one from the command line or many
 from stdin."""
 
+import collections
 import contextlib
 import json
 import logging
@@ -13,7 +14,7 @@ import typer
 
 from . import cli
 from .connection import Connection, PartialPut, connect
-from .defaults import DEPS_ENV
+from .defaults import DEPS_ENV, UNDO_SLACK, UNDO_TUBE
 from .errors import Interrupted, JobInvalid, QueueUnreachable
 from .hold import apply_rules, held_put, holding_problem, load_rules, record_put
 from .job import Job, json_problem, parse_job
@@ -252,7 +253,7 @@ def _put_all(conn: Connection, jobs: list, puts: list) -> list[int]:
     try:
         conn.put_many(records)
     except PartialPut as exc:
-        raise PartialPut(ids + exc.ids, exc.cause) from exc.cause
+        raise PartialPut(ids + exc.ids, exc.cause, exc.unanswered) from exc.cause
     return ids
 
 
@@ -279,9 +280,8 @@ def _progress(total: int):
 
 
 def _undo(queue: str | None, exc: PartialPut, total: int) -> Exception:
-    """Deletes the jobs of a broken batch; returns the error to raise."""
-    done = len(exc.ids)
-    if not done:
+    """Deletes the jobs of a broken batch, answered or not; returns the error."""
+    if not exc.ids and not exc.unanswered:
         return exc.cause
     try:
         with connect(queue) as conn:
@@ -290,16 +290,67 @@ def _undo(queue: str | None, exc: PartialPut, total: int) -> Exception:
                 # which drops it once it sees the job gone.
                 with contextlib.suppress(greenstalk.NotFoundError):
                     conn.delete(job_id)
+            done = len(exc.ids) + _delete_unanswered(conn, exc)
     except QueueUnreachable:
-        left = ",".join(map(str, exc.ids))
-        return Interrupted(
-            f"{exc.cause}; {done} of {total} jobs were put and could not be taken "
-            f"back (ids {left}); the rest were not put"
-        )
+        return _stranded(exc, total)
+    if not done:
+        return exc.cause
     return Interrupted(
         f"{exc.cause}; the {done} of {total} jobs put before it were deleted "
         "again, so nothing is queued (run glow-put again)"
     )
+
+
+def _stranded(exc: PartialPut, total: int) -> Interrupted:
+    said = []
+    if exc.ids:
+        said.append(
+            f"{len(exc.ids)} of {total} jobs were put and could not be taken back "
+            f"(ids {_ranges(exc.ids)})"
+        )
+    if exc.unanswered:
+        more = "more" if exc.ids else f"of {total} jobs"
+        said.append(
+            f"up to {len(exc.unanswered)} {more} may have been put without an answer"
+        )
+    return Interrupted(f"{exc.cause}; {', and '.join(said)}; the rest were not put")
+
+
+def _delete_unanswered(conn: Connection, exc: PartialPut) -> int:
+    """Deletes jobs the server took but never answered for; returns how many.
+
+    They lie between the last answered id and a mark put now, as bodies we sent.
+    """
+    pending = collections.Counter(exc.unanswered)
+    conn.use(UNDO_TUBE)
+    mark = conn.put(b"glow-put undo mark")
+    conn.delete(mark)
+    floor = max(exc.ids or [0])
+    floor = max(floor, mark - len(exc.unanswered) - UNDO_SLACK)
+    found = 0
+    for job_id in range(mark - 1, floor, -1):
+        if not pending:
+            break
+        try:
+            body = conn.peek(job_id).body
+            if pending[body]:
+                conn.delete(job_id)
+                pending -= collections.Counter([body])
+                found += 1
+        except greenstalk.NotFoundError:
+            continue
+    return found
+
+
+def _ranges(ids: list[int]) -> str:
+    """Writes ids compactly: 5-9,12."""
+    spans: list[list[int]] = []
+    for job_id in sorted(ids):
+        if spans and job_id == spans[-1][1] + 1:
+            spans[-1][1] = job_id
+        else:
+            spans.append([job_id, job_id])
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in spans)
 
 
 def main() -> None:

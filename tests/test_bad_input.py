@@ -1,8 +1,10 @@
 """Bad input everywhere: one line, a documented status, and nothing lost or half-put."""
 
 import json
+import re
 import signal
 import socket
+import threading
 
 import pytest
 from conftest import Listener, error_reports, tool, wait_for
@@ -189,3 +191,95 @@ def test_listener_with_an_unusable_queue_address_exits_3(tmp_path):
         "glow-listen: queue address 'a:b:c' has more than one ':' (put IPv6 in [ ]) "
         "(write it as host:port, e.g. 127.0.0.1:11300)\n"
     )
+
+
+class CuttingProxy:
+    """Forwards TCP to beanstalkd; cuts its first connection after `cut` bytes
+    from the client, so that puts the server took may lose their answers."""
+
+    def __init__(self, port: int, cut: int, once: bool = False) -> None:
+        self.port, self.cut, self.once = port, cut, once
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.port))
+            limit = self.cut if self.connections == 0 else None
+            self.connections += 1
+            if self.once:
+                self.server.close()
+            pair = (client, upstream)
+            threading.Thread(target=_pipe, args=(client, upstream, limit, pair)).start()
+            threading.Thread(target=_pipe, args=(upstream, client, None, pair)).start()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def _pipe(src, dst, limit, pair) -> None:
+    sent = 0
+    try:
+        while chunk := src.recv(65536):
+            if limit is not None and sent + len(chunk) >= limit:
+                dst.sendall(chunk[: limit - sent])
+                break
+            dst.sendall(chunk)
+            sent += len(chunk)
+    except OSError:
+        pass
+    for sock in pair:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+
+@pytest.mark.parametrize("cut", [300, 20_000, 150_000, 900_000])
+def test_a_server_closing_mid_batch_leaves_nothing_queued(beanstalkd, client, cut):
+    proxy = CuttingProxy(beanstalkd.port, cut)
+    jobs = "".join(
+        json.dumps({"cmd": "echo", "tube": "t", "args": [str(n)]}) + "\n"
+        for n in range(20_000)
+    )
+
+    result = tool("glow-put", "--queue", proxy.address, input=jobs)
+    proxy.close()
+
+    assert (result.returncode, result.stdout) == (8, ""), result.stderr
+    assert result.stderr.startswith(
+        f"glow-put: beanstalkd at {proxy.address}: closed the connection"
+    )
+    assert result.stderr.endswith(
+        "of 20000 jobs put before it were deleted again, so nothing is queued "
+        "(run glow-put again)\n"
+    ), result.stderr
+    stats = client.stats()
+    assert (stats["current-jobs-ready"], stats["current-jobs-delayed"]) == (0, 0)
+
+
+def test_a_batch_that_cannot_be_taken_back_says_which_ids_stay_queued(
+    beanstalkd, client
+):
+    proxy = CuttingProxy(beanstalkd.port, 60_000, once=True)
+    jobs = '{"cmd":"true","tube":"t"}\n' * 2000
+
+    result = tool("glow-put", "--queue", proxy.address, input=jobs)
+
+    queued = client.stats()["current-jobs-ready"]
+    assert result.returncode == 8, result.stderr
+    assert re.fullmatch(
+        f"glow-put: beanstalkd at {proxy.address}: closed the connection \\(.*\\); "
+        r"(\d+) of 2000 jobs were put and could not be taken back \(ids 1-\1\), "
+        r"and up to \d+ more may have been put without an answer; the rest were "
+        r"not put\n",
+        result.stderr,
+    ), result.stderr
+    assert queued >= int(re.search(r"(\d+) of 2000", result.stderr)[1])

@@ -116,9 +116,10 @@ def test_listener_with_a_secret_buries_and_reports_what_it_cannot_trust(
     listen, client, tmp_path, make, error
 ):
     path = secret_file(tmp_path, OLD)
+    body = make(client, tmp_path)
     listen("--secret-file", path)
     client.use("t")
-    bad = client.put(make(client, tmp_path))
+    bad = client.put(body)
     good = put("-t", "t", "--secret-file", path, "--", "true")
 
     (report,) = error_reports(client, 1)
