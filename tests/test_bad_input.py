@@ -283,3 +283,24 @@ def test_a_batch_that_cannot_be_taken_back_says_which_ids_stay_queued(
         result.stderr,
     ), result.stderr
     assert queued >= int(re.search(r"(\d+) of 2000", result.stderr)[1])
+
+
+def test_a_command_with_line_breaks_cannot_add_mail_headers():
+    from glowtools.mail import failure_mail
+
+    report = {
+        "id": 7, "tube": "t", "host": "h", "cmd": "x\r\nBcc: victim@example.com",
+        "args": ["\nSubject: forged", "a\r\n\r\nbody"], "error": "exit 1",
+        "exit_code": 1, "signal": None, "started": 0.0, "duration": 1.0,
+        "attempt": 1, "attempts": 1, "stdout_tail": "", "stderr_tail": "",
+    }  # fmt: skip
+
+    msg = failure_mail(report, ["ops@example.com"], "glow@example.com")
+
+    headers = msg.as_string().split("\n\n", 1)[0]
+    assert "\r" not in msg["Subject"] and "\n" not in msg["Subject"]
+    names = [line.split(":")[0] for line in headers.splitlines() if line[:1] != " "]
+    assert names == [
+        "Subject", "From", "To", "Date", "Message-ID", "Content-Type",
+        "Content-Transfer-Encoding", "MIME-Version",
+    ]  # fmt: skip
