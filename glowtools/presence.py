@@ -163,7 +163,7 @@ def _status_in(conn: Connection, tube: str) -> dict:
     try:
         status = json.loads(conn.peek_ready().body)
     except (greenstalk.NotFoundError, ValueError):
-        status = {"host": host, "pid": int(pid), "running": []}
+        status = {"host": host, "pid": int(pid) if pid.isdigit() else pid}
     return {**status, "tube": tube}
 
 

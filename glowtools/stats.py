@@ -122,18 +122,22 @@ def watch_loop(queue: str | None, render: Callable[[Connection], str], every: fl
 def gather(conn: Connection, names: list[str]) -> list[Figures]:
     """Returns the figures of the tubes named, else of every user tube."""
     all_tubes = conn.tubes()
-    held_in = paused.paused_in(all_tubes)
+    pauses = paused.paused_in(all_tubes)
     if not names:
-        names = sorted({t for t in all_tubes if not is_internal_tube(t)} | held_in)
+        names = sorted({t for t in all_tubes if not is_internal_tube(t)} | pauses)
     held = hold.held_counts(conn)
-    figures = [_figures(conn, t, t in held_in, held.get(t, 0)) for t in names]
+    figures = [
+        _figures(conn, t, t in pauses, t in all_tubes, held.get(t, 0)) for t in names
+    ]
     _add_buried_reasons(conn, [f for f in figures if f.counts["buried"]])
     _add_held_reasons(conn, [f for f in figures if f.counts["held"]])
     return figures
 
 
-def _figures(conn: Connection, tube: str, until_resumed: bool, held: int) -> Figures:
-    if until_resumed and tube not in conn.tubes():
+def _figures(
+    conn: Connection, tube: str, until_resumed: bool, exists: bool, held: int
+) -> Figures:
+    if until_resumed and not exists:
         return Figures(tube, dict.fromkeys(COLUMNS, 0), paused.FOREVER, True)
     stats = listing.tube_stats(conn, tube)
     counts = {state: stats[f"current-jobs-{state}"] for state in COLUMNS[:4]}
@@ -240,14 +244,16 @@ def listeners_text(found: list[dict], json_out: bool, colour: bool) -> str:
         return "\n".join(json.dumps(status) for status in found)
     if not found:
         return "(no listeners connected)"
-    head = f"{'HOST':<20}{'PID':>8}{'SLOTS':>7}{'RUNNING':>9}  TUBES"
+    head = f"{'HOST':<20}{'PID':>8}{'CONCURRENCY':>13}{'RUNNING':>9}  TUBES"
     lines = [_paint(head, "1", colour)]
     for status in found:
         running = status.get("running", [])
         tubes = ", ".join(status.get("tubes", [])) or "-"
+        if status.get("stopping"):
+            tubes += " (stopping)"
         lines.append(
             f"{status.get('host', '?'):<20}{status.get('pid', '?'):>8}"
-            f"{status.get('concurrency', '?'):>7}{len(running):>9}  {tubes}"
+            f"{status.get('concurrency', '?'):>13}{len(running):>9}  {tubes}"
         )
         for run in running:
             lines.append(
