@@ -422,6 +422,7 @@ class Host:
         self.cgroups = detect_cgroups() if use_cgroups else None
         self.niceness = os.getpriority(os.PRIO_PROCESS, 0)
         self.subreaper = become_subreaper()
+        self._children = _open_children() if self.subreaper else None
         self.running: set[str] = set()
         if self.users.is_root and self.users.allowed:
             drop_supplementary_groups()
@@ -470,12 +471,18 @@ class Host:
 
         Cheap when nothing was left: one read of this process's children.
         """
-        if self.subreaper:
-            sweep_orphans(set(self.running) - {ended})
+        if self._children is None:
+            return
+        orphans = os.pread(self._children, 65536, 0).split()
+        if orphans:
+            sweep_orphans([int(pid) for pid in orphans], set(self.running) - {ended})
 
     def close(self) -> None:
         """Removes the listener's cgroups and ends what its jobs left behind."""
         self.sweep()
+        if self._children is not None:
+            os.close(self._children)
+            self._children = None
         if self.cgroups:
             self.cgroups.close()
 
@@ -488,29 +495,29 @@ def become_subreaper() -> bool:
     return True
 
 
-def sweep_orphans(running: set[str]) -> int:
+def sweep_orphans(orphans: list[int], running: set[str]) -> int:
     """Kills and reaps orphaned job processes whose job is not running.
 
     `running` holds the GLOW_JOB_ID of every running job; a process without one
     is killed only when no job runs. Returns how many processes were ended.
     """
     ended = 0
-    for pid in _orphans():
+    for pid in orphans:
         job_id = _job_of(pid)
         if job_id in running or (job_id is None and running):
             continue
         _kill(pid, signal.SIGKILL)
         ended += 1
-    reap_orphans(None, wait=0.5 if ended else 0)
+    reap_orphans(set(orphans), wait=0.5 if ended else 0)
     return ended
 
 
-def reap_orphans(pids: set[int] | None, wait: float = 0) -> None:
-    """Collects orphans that have exited (all of them, or those in `pids`).
+def reap_orphans(pids: set[int], wait: float = 0) -> None:
+    """Collects those of `pids` that are our children and have exited.
 
     Waits up to `wait` seconds for killed ones to finish dying.
     """
-    left = set(_orphans() if pids is None else pids)
+    left = set(pids)
     until = time.monotonic() + wait
     while True:
         left = {pid for pid in left if not _reaped(pid)}
@@ -526,10 +533,14 @@ def _reaped(pid: int) -> bool:
         return True
 
 
-def _orphans() -> list[int]:
-    # Orphans go to the subreaper's main thread, which starts no job itself.
-    text = _read(f"/proc/self/task/{os.getpid()}/children", "")
-    return [int(pid) for pid in text.split()]
+def _open_children() -> int | None:
+    # Orphans go to the subreaper's main thread, which starts no job itself, so
+    # its children are exactly the orphans; the file is read again with pread.
+    try:
+        return os.open(f"/proc/self/task/{os.getpid()}/children", os.O_RDONLY)
+    except OSError as exc:
+        log.warning("cannot list orphans (%s): what jobs detach may linger", exc)
+        return None
 
 
 def _job_of(pid: int) -> str | None:
