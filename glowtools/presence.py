@@ -75,7 +75,7 @@ class Presence(threading.Thread):
         body = json.dumps({**status, "updated": round(time.time(), 3)}).encode()
         new_id = self.conn.put(body, priority=0, ttr=STATUS_TTR)
         if self.job_id is not None:
-            self._delete(self.job_id)
+            self._delete_status(self.job_id)
         self.job_id, self.published = new_id, status
 
     def _clear(self) -> None:
@@ -87,7 +87,7 @@ class Presence(threading.Thread):
                 break
         self.job_id = None
 
-    def _delete(self, job_id: int) -> None:
+    def _delete_status(self, job_id: int) -> None:
         try:
             self.conn.delete(job_id)
         except greenstalk.NotFoundError:
@@ -96,7 +96,7 @@ class Presence(threading.Thread):
     def _withdraw(self) -> None:
         try:
             if self.conn is not None and self.job_id is not None:
-                self._delete(self.job_id)
+                self._delete_status(self.job_id)
         except (QueueUnreachable, greenstalk.Error):
             pass
         self._close()
