@@ -39,7 +39,7 @@ def drain(
     """
     cli.setup_logging("glow-drain", verbose, quiet, base=logging.INFO, stamp=False)
     if not tubes:
-        raise typer.BadParameter("give at least one tube", param_hint="TUBE...")
+        raise typer.BadParameter("give at least one tube", param_hint="TUBE")
     names = [listing.user_tube(tube) for tube in tubes]
     with connect(queue) as conn:
         for tube in names:

@@ -220,21 +220,23 @@ def invalid_line(job_id: int, stats: dict, body: bytes) -> bytes:
 def each_job(
     job_ids: list[int], act: Callable[[int], Any], done: str
 ) -> Iterator[tuple[int, Any]]:
-    """Yields (id, act(id)) for each job, logging the ones that fail.
+    """Yields (id, act(id)) for each job, going on past the ones that fail.
 
-    Raises, once all were tried, an error of the last failure's kind that counts
-    the jobs that were not `done`.
+    Raises, once all were tried, the failure itself if there was one job, else
+    an error of the last failure's kind that counts the jobs not `done` (each
+    failure is logged).
     """
     failed: list[GlowError] = []
     for job_id in job_ids:
         try:
             result = act(job_id)
         except GlowError as exc:
-            log.error("%s", exc)
+            if len(job_ids) > 1:
+                log.error("%s", exc)
             failed.append(exc)
             continue
         yield job_id, result
+    if failed and len(job_ids) > 1:
+        failed[-1].args = (f"{len(failed)} of {len(job_ids)} jobs were not {done}",)
     if failed:
-        error = failed[-1]
-        error.args = (f"{len(failed)} of {len(job_ids)} jobs were not {done}",)
-        raise error
+        raise failed[-1]
