@@ -355,4 +355,49 @@ def _ranges(ids: list[int]) -> str:
 
 def main() -> None:
     """Runs glow-put."""
-    cli.run(app, "glow-put")
+    cli.run(_lean(app), "glow-put")
+
+
+def _lean(app: typer.Typer):
+    """Returns the app's command with typer's per-option coercion put off.
+
+    typer (from 0.16) builds a pydantic validator for every option it parses,
+    which doubled a single put's start-up; options that arrive with their type
+    already (a string, a count, no value) need none. Older typers are left as
+    they are.
+    """
+    command = typer.main.get_command(app)
+    every = command.get_params
+
+    def get_params(ctx) -> list:
+        params = every(ctx)  # with --help, made when first asked for
+        for param in params:
+            if getattr(param, "_runtime_param", False) is None:
+                param._runtime_param = _AsGiven(param.type_descriptor)
+        return params
+
+    command.get_params = get_params
+    return command
+
+
+class _AsGiven:
+    """Coerces one option: values of its type pass, others go to typer's own."""
+
+    def __init__(self, descriptor) -> None:
+        self.descriptor = descriptor
+        kind = descriptor.annotation
+        self.plain = kind in (str, int, bool) or kind == list[str]
+
+    def coerce(self, value: Any, param, ctx) -> Any:
+        if value is None:
+            return () if param.multiple or param.nargs == -1 else None
+        kind = self.descriptor.annotation
+        if self.plain and type(value) is kind:
+            return value
+        if self.plain and isinstance(value, tuple) and kind == list[str]:
+            if all(type(item) is str for item in value):
+                return list(value)
+        from typer._coercion import build_runtime_param
+
+        runtime = build_runtime_param(self.descriptor)
+        return runtime.coerce(value, param=param, ctx=ctx)
