@@ -20,6 +20,7 @@ app = cli.app("Show the tubes, the server and the listeners.")
 Opt = typer.Option
 COLUMNS = ("ready", "reserved", "delayed", "buried", "held")
 BLOCKED_SHOWN = 20
+UP_HELP = "1 if beanstalkd answered, else 0."
 
 
 @dataclass
@@ -73,8 +74,14 @@ def stats(
     if watch:
         watch_loop(queue, render, watch)
         return
-    with connect(queue) as conn:
-        text = render(conn)
+    try:
+        with connect(queue) as conn:
+            text = render(conn)
+    except QueueUnreachable:
+        if prometheus:
+            # node_exporter then reports the server as down, not stale figures.
+            print("\n".join(_metric("glow_up", UP_HELP, [("", 0)])), flush=True)
+        raise
     if text:
         print(text, flush=True)
 
@@ -267,7 +274,7 @@ def prometheus_text(conn: Connection, names: list[str]) -> str:
     """Returns the figures in the Prometheus text format (for node_exporter)."""
     info = conn.stats()
     out = [
-        *_metric("glow_up", "1 if beanstalkd answered.", [("", 1)]),
+        *_metric("glow_up", UP_HELP, [("", 1)]),
         *_metric("glow_server_uptime_seconds", "beanstalkd's uptime.",
                  [("", info["uptime"])]),
         *_metric("glow_server_connections", "Connections open now.",

@@ -168,3 +168,13 @@ def test_a_listener_that_stops_withdraws_its_status(beanstalkd, client, listen):
 
     assert status_tubes() == []
     assert tool("glow-stats", "--listeners", "--json").stdout == ""
+
+
+def test_prometheus_says_down_when_the_server_is_gone(beanstalkd):
+    beanstalkd.stop()
+
+    result = tool("glow-stats", "--prometheus")
+
+    assert result.returncode == 3
+    assert result.stdout.splitlines()[-1] == "glow_up 0"
+    assert "refused the connection" in result.stderr
