@@ -29,20 +29,20 @@ VIEW_MAX_BYTES = 60_000
 
 
 class Releaser:
-    """Leases index records and releases their held jobs when their upstream drains.
+    """Adopts index records and releases their held jobs when their upstream drains.
 
     Each check costs one pipelined stats command per distinct upstream tube or
     job, whatever the number of held jobs; a drain releases all that wait on it.
     """
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, show: bool = True) -> None:
         self.address = address
         self.conn: Connection | None = None
         self.records: dict[int, Record] = {}
         self.watching: set[str] = set()
         self.verdicts: dict[tuple, Verdict] = {}
         self.stopping = threading.Event()
-        self.view = View(address)
+        self.view = View() if show else None
         self._refreshed = self._swept = 0.0
 
     def run(self) -> None:
@@ -58,28 +58,38 @@ class Releaser:
                 log.warning("%s; retrying in %.1f s", exc, backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
-        self.view.withdraw()
-        self.disconnect()
+        self.stop()
         log.info("glow-dep %d stopped", os.getpid())
 
     def check(self, wait: bool = False) -> list[Record]:
-        """Takes new records, releases what can be released; returns those records.
+        """Adopts new records, releases what can be released; returns those records.
 
         With `wait`, waits for new records up to DEP_CHECK s (1 s when idle).
         """
         if self.conn is None:
-            self.conn = connect(self.address)
-            self.watching = {"default"}
-            log.debug("connected to %s", self.address)
-        self._take(wait)
+            self._connect()
+        self._adopt(wait)
         released = self._release()
         if time.monotonic() - self._swept > DEP_SWEEP:
             self._sweep()
-        self.view.publish(self.conn, self.records.values(), self.verdicts)
+        if self.view and self.view.publish(self.conn, self.records, self.verdicts):
+            # A glow-dep died: take over the records it had adopted.
+            hold.unbury_records(self.conn)
         return released
 
+    def stop(self) -> None:
+        """Hands the adopted records back and disconnects (a clean stop)."""
+        try:
+            if self.conn is not None:
+                hold.hand_back(self.conn, list(self.records.values()))
+                if self.view:
+                    self.view.withdraw(self.conn)
+        except QueueUnreachable:
+            pass
+        self.disconnect()
+
     def disconnect(self) -> None:
-        """Closes the connection; beanstalkd gives the leased records back at once."""
+        """Closes the connection and forgets the records; they stay adopted."""
         if self.conn is not None:
             try:
                 self.conn.close()
@@ -89,7 +99,16 @@ class Releaser:
         self.records.clear()
         self.verdicts.clear()
 
-    def _take(self, wait: bool) -> None:
+    def _connect(self) -> None:
+        self.conn = connect(self.address)
+        self.watching = {"default"}
+        log.debug("connected to %s", self.address)
+        # Records a stopped glow-dep had adopted, or this one before a reconnect.
+        kicked = hold.unbury_records(self.conn)
+        if kicked:
+            log.info("took over %d index record(s) adopted before", kicked)
+
+    def _adopt(self, wait: bool) -> None:
         if time.monotonic() - self._refreshed > TUBE_REFRESH:
             self.watching = hold.watch_index_tubes(self.conn, self.watching)
             self._refreshed = time.monotonic()
@@ -99,10 +118,11 @@ class Releaser:
             if answer.word != b"RESERVED":
                 return
             for record in hold.record_or_bury(self.conn, answer):
+                hold.pipeline(self.conn, [b"bury %d 0\r\n" % record.record_id])
                 self.records[record.record_id] = record
         elif wait:
             self.stopping.wait(DEP_CHECK)
-        for record in hold.take_records(self.conn):
+        for record in hold.adopt_records(self.conn):
             self.records[record.record_id] = record
 
     def _release(self) -> list[Record]:
@@ -137,12 +157,10 @@ class Releaser:
         return verdict.state == "release"
 
     def _sweep(self) -> None:
-        records = list(self.records.values())
-        _, gone, lost = hold.sweep_held(self.conn, records)
+        _, gone, lost = hold.sweep_held(self.conn, list(self.records.values()))
         for record in [*gone, *lost]:
             del self.records[record.record_id]
         _say_gone(gone)
-        _say_lost(lost)
         self._swept = time.monotonic()
 
 
@@ -198,51 +216,39 @@ class View:
     VIEW_REFRESH s, so that a ready one is known to be a dead glow-dep's.
     """
 
-    def __init__(self, address: str) -> None:
-        self.address = address
+    def __init__(self) -> None:
         self.tube = hold.view_tube(HOST)
         self.job_id: int | None = None
         self.body = b""
-        self.conn: Connection | None = None
         self._shown = 0.0
 
-    def publish(self, conn: Connection, records, verdicts) -> None:
-        """Renews the view if it changed or is due; drops dead glow-deps' views."""
-        body = self._body(records, verdicts)
+    def publish(self, conn: Connection, records: dict, verdicts: dict) -> bool:
+        """Renews the view if it changed or is due; True if a dead one was found."""
+        body = _view_body(records.values(), verdicts)
         due = time.monotonic() - self._shown > VIEW_REFRESH
-        if body == self.body and (not due or not records):
-            return
-        self.conn = conn
-        new_id = None
-        if records:
-            conn.use(self.tube)
-            new_id = conn.put(body, priority=0, delay=VIEW_TTL, ttr=1)
-        self._delete_view()
+        if body == self.body and not due:
+            return False
+        conn.use(self.tube)
+        new_id = conn.put(body, priority=0, delay=VIEW_TTL, ttr=1)
+        self.withdraw(conn)
         self.job_id, self.body, self._shown = new_id, body, time.monotonic()
-        if due:
-            _drop_dead_views(conn, self.tube)
+        return due and _drop_dead_views(conn, self.tube)
 
-    def withdraw(self) -> None:
-        """Deletes the view, on a clean stop."""
-        try:
-            self._delete_view()
-        except QueueUnreachable:
-            pass
-
-    def _delete_view(self) -> None:
-        if self.job_id is not None and self.conn is not None:
-            hold.pipeline(self.conn, [b"delete %d\r\n" % self.job_id])
+    def withdraw(self, conn: Connection) -> None:
+        """Deletes the view."""
+        if self.job_id is not None:
+            hold.pipeline(conn, [b"delete %d\r\n" % self.job_id])
             self.job_id = None
 
-    def _body(self, records, verdicts) -> bytes:
-        if not records:
-            return b""
-        groups = [_trimmed(g) for g in hold.group_records(records, verdicts)]
-        body = json.dumps({"daemon": f"{HOST}:{os.getpid()}", "groups": groups})
-        while len(body) > VIEW_MAX_BYTES and len(groups) > 1:
-            groups = groups[: len(groups) // 2]
-            body = json.dumps({"daemon": f"{HOST}:{os.getpid()}", "groups": groups})
-        return body.encode()
+
+def _view_body(records, verdicts: dict) -> bytes:
+    groups = [_trimmed(g) for g in hold.group_records(records, verdicts)]
+    daemon = f"{HOST}:{os.getpid()}"
+    body = json.dumps({"daemon": daemon, "groups": groups})
+    while len(body) > VIEW_MAX_BYTES and len(groups) > 1:
+        groups = groups[: len(groups) // 2]
+        body = json.dumps({"daemon": daemon, "groups": groups})
+    return body.encode()
 
 
 def _trimmed(group: Group) -> dict:
@@ -251,16 +257,19 @@ def _trimmed(group: Group) -> dict:
     return data
 
 
-def _drop_dead_views(conn: Connection, mine: str) -> None:
-    views = [t for t in conn.tubes() if hold.held_tube(t) is None and t != mine]
-    for tube in views:
-        if not tube.startswith(hold.VIEW_PREFIX):
-            continue
-        conn.use(tube)
-        answer = hold.pipeline(conn, [b"peek-ready\r\n"])[0]
-        if answer.word == b"FOUND":
-            hold.pipeline(conn, [b"delete %s\r\n" % answer.args[0]])
+def _drop_dead_views(conn: Connection, mine: str) -> bool:
+    """Deletes the views of dead glow-deps; returns whether there were any."""
+    found = False
+    for tube in conn.tubes():
+        if tube.startswith(hold.VIEW_PREFIX) and tube != mine:
+            conn.use(tube)
+            answer = hold.pipeline(conn, [b"peek-ready\r\n"])[0]
+            if answer.word == b"FOUND":
+                hold.pipeline(conn, [b"delete %s\r\n" % answer.args[0]])
+                log.info("a glow-dep stopped (%s); taking over its records", tube)
+                found = True
     conn.use("default")
+    return found
 
 
 app = cli.app("Release held jobs once the tubes and jobs they wait on have drained.")
@@ -286,14 +295,15 @@ def dep(
     if graph:
         _print_graph(address, json_out)
         return
-    releaser = Releaser(address)
     if once:
+        releaser = Releaser(address, show=False)
         try:
             for record in releaser.check():
                 print(record.job_id)
         finally:
-            releaser.disconnect()
+            releaser.stop()
         return
+    releaser = Releaser(address)
     signal.signal(signal.SIGINT, lambda *_: releaser.stopping.set())
     signal.signal(signal.SIGTERM, lambda *_: releaser.stopping.set())
     releaser.run()

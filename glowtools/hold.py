@@ -3,11 +3,11 @@
 A held job is put into its own tube delayed by HOLD_DELAY: no listener can reserve
 it, and it counts as a job of its tube, which makes holds transitive. Beside it an
 index record, a ready job in GLOW_HELD.<tube>, names the job and its upstream.
-glow-dep reserves index records (a lease: beanstalkd gives a record to one client
-at a time and takes it back when that client's connection closes), watches the
-upstream, releases the held job and then deletes the record. A job is held only
-while it is delayed with delay HOLD_DELAY, so a record that outlives its job's
-release (a crash in between) is dropped, never released twice.
+glow-dep adopts records (reserves, then buries them), watches the upstream, and to
+release a job reserves its record by id (so one glow-dep acts on it), kicks the job
+(or reserves and releases it with the user's delay) and deletes the record. A job
+is held only while delayed with delay HOLD_DELAY, so a record that outlives its
+job's release (a crash in between) is dropped, never released twice.
 
 Public API, kept stable for glow-put, glow-dep, glow-stats and glow-drain:
   index_tube(tube) -> str           the tube holding the index records of `tube`
@@ -19,14 +19,17 @@ Public API, kept stable for glow-put, glow-dep, glow-stats and glow-drain:
   held_counts(conn) -> {tube: n}    held jobs per tube, from the index tubes
   held_groups(conn) -> [Group]      what is held now, by tube and upstream, each
                                     waiting or blocked with the reason
-  forget_held(conn, tube) -> int    deletes the held jobs of a tube that no
-                                    glow-dep has leased, and their records
+  forget_held(conn, tube) -> int    deletes the held jobs of a tube, and their
+                                    records
   load_rules(path), find_cycle(rules), apply_rules(job, rules)
   fetch_upstream(conn, records), judge(record, upstream) -> Verdict
-  take_records(conn), watch_index_tubes(conn, watching)
+  take_records(conn), adopt_records(conn), unbury_records(conn),
+  hand_back(conn, records), watch_index_tubes(conn, watching)
   confirm_held(conn, records), sweep_held(conn, records), release_held(conn, records)
   group_records(records, upstream) -> [Group], read_views(conn), view_tube(host)
   pipeline(conn, commands) -> [Answer]
+Reserve at most a few hundred records on one connection at a time (see CHUNK), or
+read them on a connection of their own and close it, as held_groups does.
 """
 
 import json
@@ -35,7 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .connection import Connection
+from .connection import Connection, connect
 from .defaults import (
     HELD_PREFIX,
     HELD_TTR,
@@ -48,6 +51,9 @@ from .job import Job, tube_name
 
 # Commands sent before their answers are read; see Connection.put_many.
 WINDOW = 512
+# Records reserved at once: beanstalkd scans a connection's reservations on
+# every touch, release, bury and delete, so a glow-dep keeps few of them.
+CHUNK = 256
 # Words beanstalkd answers with that are followed by a data chunk.
 _WITH_DATA = {b"RESERVED": 1, b"FOUND": 1, b"OK": 0}
 _ERRORS = {b"OUT_OF_MEMORY", b"INTERNAL_ERROR", b"BAD_FORMAT", b"UNKNOWN_COMMAND"}
@@ -373,26 +379,61 @@ def _state(stats: dict) -> str:
     return "held" if is_held(stats) else stats["state"]
 
 
-# Releasing.
+# Adopting and releasing. A glow-dep adopts a record by reserving and burying it:
+# buried, it is out of every other glow-dep's way, and beanstalkd does no work for
+# it (a connection holding thousands of reservations makes every touch and delete
+# scan them all). To act on a record a glow-dep reserves it by id first, so only
+# one glow-dep acts on it; a dead glow-dep's records are kicked back to ready.
+
+
+def adopt_records(conn: Connection, chunk: int = CHUNK) -> list[Record]:
+    """Reserves the ready records on the watched tubes and buries them, in chunks."""
+    adopted: list[Record] = []
+    while True:
+        records = take_records(conn, limit=chunk)
+        pipeline(conn, [b"bury %d 0\r\n" % r.record_id for r in records])
+        adopted += records
+        if len(records) < chunk:
+            return adopted
+
+
+def unbury_records(conn: Connection) -> int:
+    """Kicks every buried record back to ready, for a glow-dep to adopt again.
+
+    Returns how many were kicked. Harmless while other glow-deps run: a record
+    adopted twice is still released once (see release_held).
+    """
+    indexes = [t for t in conn.tubes() if t.startswith(HELD_PREFIX)]
+    commands = []
+    for tube in indexes:
+        commands += [b"use %s\r\n" % tube.encode(), b"kick %d\r\n" % 2**31]
+    answers = pipeline(conn, commands)
+    conn.use("default")
+    return sum(int(a.args[0]) for a in answers if a.word == b"KICKED")
+
+
+def hand_back(conn: Connection, records: Sequence[Record]) -> None:
+    """Kicks adopted records back to ready, for another glow-dep (on a clean stop)."""
+    pipeline(conn, [b"kick-job %d\r\n" % r.record_id for r in records])
 
 
 def confirm_held(
     conn: Connection, records: Sequence[Record]
 ) -> tuple[list[tuple[Record, dict]], list[Record], list[Record]]:
-    """Touches leased records and checks their jobs, pipelined.
+    """Checks records and their jobs, pipelined.
 
     Returns (held: records with their job's stats, gone: records whose job is no
-    longer held, lost: records this connection no longer holds).
+    longer held, lost: records that no longer exist).
     """
     commands = []
     for record in records:
-        commands.append(b"touch %d\r\n" % record.record_id)
+        commands.append(b"stats-job %d\r\n" % record.record_id)
         commands.append(b"stats-job %d\r\n" % record.job_id)
     answers = pipeline(conn, commands)
     held, gone, lost = [], [], []
     for n, record in enumerate(records):
-        touched, stats = answers[2 * n], answers[2 * n + 1].stats()
-        if touched.word != b"TOUCHED":
+        exists, stats = answers[2 * n].word == b"OK", answers[2 * n + 1].stats()
+        if not exists:
             lost.append(record)
         elif is_held(stats):
             held.append((record, stats))
@@ -404,34 +445,68 @@ def confirm_held(
 def sweep_held(
     conn: Connection, records: Sequence[Record]
 ) -> tuple[list[Record], list[Record], list[Record]]:
-    """Renews the lease of records and deletes those whose job is not held any more.
+    """Deletes the records whose job is not held any more (deleted, kicked by hand).
 
     Returns (held, gone, lost) as confirm_held, without the stats.
     """
     held, gone, lost = confirm_held(conn, records)
-    pipeline(conn, [b"delete %d\r\n" % r.record_id for r in gone])
+    for start in range(0, len(gone), CHUNK):
+        chunk = gone[start : start + CHUNK]
+        answers = pipeline(conn, [b"reserve-job %d\r\n" % r.record_id for r in chunk])
+        mine = [r for r, a in zip(chunk, answers, strict=True) if a.word == b"RESERVED"]
+        pipeline(conn, [b"delete %d\r\n" % r.record_id for r in mine])
     return [r for r, _ in held], gone, lost
 
 
 def release_held(
     conn: Connection, records: Sequence[Record]
 ) -> tuple[list[Record], list[Record], list[Record]]:
-    """Releases the held jobs of records leased on `conn`, then deletes the records.
+    """Releases the held jobs of adopted records, then deletes the records.
 
-    Returns (released, gone, lost) as confirm_held, `released` being the records
-    whose job this call made ready (or delayed by the user's delay).
+    Returns (released, gone, lost): the records whose job this call made ready
+    (or delayed by the user's delay), those whose job was no longer held, and
+    those another glow-dep had taken or deleted first.
     """
-    held, gone, lost = confirm_held(conn, records)
+    released, gone, lost = [], [], []
+    for start in range(0, len(records), CHUNK):
+        done = _release_chunk(conn, records[start : start + CHUNK])
+        for total, part in zip((released, gone, lost), done, strict=True):
+            total += part
+    return released, gone, lost
+
+
+def _release_chunk(conn: Connection, records: Sequence[Record]) -> tuple[list, ...]:
+    # Reserving the record by id makes this connection the only one acting on it;
+    # a job is held only while delayed by HOLD_DELAY, so it is released once.
+    commands = []
+    for record in records:
+        commands.append(b"reserve-job %d\r\n" % record.record_id)
+        commands.append(b"stats-job %d\r\n" % record.job_id)
+    answers = pipeline(conn, commands)
+    held, gone, lost = [], [], []
+    for n, record in enumerate(records):
+        stats = answers[2 * n + 1].stats()
+        if answers[2 * n].word != b"RESERVED":
+            lost.append(record)
+        elif is_held(stats):
+            held.append((record, stats))
+        else:
+            gone.append(record)
+    released = _release_jobs(conn, held)
+    gone += [r for r, _ in held if r not in released]
+    pipeline(conn, [b"delete %d\r\n" % r.record_id for r in [*released, *gone]])
+    return released, gone, lost
+
+
+def _release_jobs(conn: Connection, held: list[tuple[Record, dict]]) -> list[Record]:
     commands = []
     for record, stats in held:
         if record.delay:
-            # reserve-job takes a delayed job, so the user's delay can be restarted
-            # by release: one owner at a time, and the job never becomes ready early.
+            # reserve-job takes a delayed job, so that release restarts the user's
+            # delay: the job is never ready early, and has one owner at a time.
             commands.append(b"reserve-job %d\r\n" % record.job_id)
-            pri = stats["pri"]
-            commands.append(
-                b"release %d %d %d\r\n" % (record.job_id, pri, record.delay)
-            )
+            release = (record.job_id, stats["pri"], record.delay)
+            commands.append(b"release %d %d %d\r\n" % release)
         else:
             commands.append(b"kick-job %d\r\n" % record.job_id)
     answers = iter(pipeline(conn, commands))
@@ -439,11 +514,9 @@ def release_held(
     for record, _ in held:
         if record.delay:
             next(answers)
-        done = next(answers).word in (b"KICKED", b"RELEASED")
-        (released if done else gone).append(record)
-    drop = [*released, *gone]
-    pipeline(conn, [b"delete %d\r\n" % r.record_id for r in drop])
-    return released, gone, lost
+        if next(answers).word in (b"KICKED", b"RELEASED"):
+            released.append(record)
+    return released
 
 
 # What is held now, for glow-stats and glow-dep --graph.
@@ -516,20 +589,25 @@ def _total(stats: dict) -> int:
 def held_groups(conn: Connection) -> list[Group]:
     """Returns what is held now: the groups running glow-deps show, and the rest.
 
-    Records no glow-dep has leased are read directly (reserved for an instant).
+    Records no glow-dep has adopted are read on a connection of their own, which
+    is closed at once (beanstalkd then gives them back in one go). With no
+    glow-dep running, records a stopped one had adopted are kicked back first.
     """
     views = read_views(conn)
-    watching = watch_index_tubes(conn, {"default"})
-    records = take_records(conn)
-    pipeline(conn, [b"release %d 0 0\r\n" % r.record_id for r in records])
-    conn.watch("default")
-    for tube in watching:
-        conn.ignore(tube)
-    # A record that can be read directly is leased by no one: a view that lists
+    if not views:
+        unbury_records(conn)
+    reader = connect(conn.address)
+    try:
+        watch_index_tubes(reader, {"default"})
+        records = take_records(reader)
+        upstream = fetch_upstream(reader, records)
+    finally:
+        reader.close()
+    # A record that can be read directly is adopted by no one: a view that lists
     # it is a dead glow-dep's, not yet expired.
     free = {r.job_id for r in records}
     groups = [g for view in views if not free & _ids_of(view) for g in view]
-    groups += group_records(records, fetch_upstream(conn, records))
+    groups += group_records(records, upstream)
     return sorted(groups, key=lambda g: (g.tube, g.after, g.after_jobs))
 
 
@@ -564,18 +642,25 @@ def view_tube(host: str) -> str:
 
 
 def forget_held(conn: Connection, tube: str) -> int:
-    """Deletes the held jobs of `tube` whose records no glow-dep has leased.
+    """Deletes the held jobs of `tube` and their records; returns how many jobs.
 
-    Returns how many were deleted. A running glow-dep drops the records it has
-    leased once their job is gone, so deleting held jobs by any route is safe.
+    Records a running glow-dep has adopted are kicked back first; that glow-dep
+    forgets a record once it finds it deleted.
     """
-    conn.watch(index_tube(tube))
-    conn.ignore("default")
-    records = take_records(conn)
-    answers = pipeline(conn, [b"stats-job %d\r\n" % r.job_id for r in records])
-    doomed = [r for r, a in zip(records, answers, strict=True) if is_held(a.stats())]
-    pipeline(conn, [b"delete %d\r\n" % r.job_id for r in doomed])
-    pipeline(conn, [b"delete %d\r\n" % r.record_id for r in records])
-    conn.watch("default")
-    conn.ignore(index_tube(tube))
+    conn.use(index_tube(tube))
+    pipeline(conn, [b"kick %d\r\n" % 2**31])
+    conn.use("default")
+    reader = connect(conn.address, watch=index_tube(tube))
+    try:
+        records = take_records(reader)
+        answers = pipeline(reader, [b"stats-job %d\r\n" % r.job_id for r in records])
+        doomed = [
+            r for r, a in zip(records, answers, strict=True) if is_held(a.stats())
+        ]
+        pipeline(reader, [b"delete %d\r\n" % r.job_id for r in doomed])
+        reader.close()
+        reader = connect(conn.address)
+        pipeline(reader, [b"delete %d\r\n" % r.record_id for r in records])
+    finally:
+        reader.close()
     return len(doomed)
