@@ -26,7 +26,11 @@ PROGRESS_FROM = 2000
 # Variables --export leaves out: credentials, and what only means something here.
 _PRIVATE_WORDS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "KEY", "AUTH")
 _LOCAL_NAMES = {"_", "PWD", "OLDPWD", "SHLVL", "TERM", "DISPLAY", "SSH_AUTH_SOCK"}
+# Who the job runs as is the listener's to say: a job's user gets its own.
+_LOCAL_NAMES |= {"HOME", "USER", "LOGNAME", "MAIL", "SHELL"}
 _EXPORT_VALUE_MAX = 4096
+# --export keeps the environment within this many bytes, leaving out the largest.
+_EXPORT_TOTAL_MAX = 16384
 
 app = cli.app("Put jobs into beanstalkd tubes.")
 Opt = typer.Option
@@ -128,7 +132,7 @@ def _env_options(pairs: list[str]) -> dict[str, str]:
 
 def _exported() -> dict[str, str]:
     """Returns this process's environment less secrets and host-local variables."""
-    return {
+    chosen = {
         name: value
         for name, value in os.environ.items()
         if name not in _LOCAL_NAMES
@@ -136,6 +140,16 @@ def _exported() -> dict[str, str]:
         and not any(word in name.upper() for word in _PRIVATE_WORDS)
         and len(value) <= _EXPORT_VALUE_MAX
     }
+    size = sum(len(name) + len(value) for name, value in chosen.items())
+    dropped = []
+    for name in sorted(chosen, key=lambda n: len(chosen[n]), reverse=True):
+        if size <= _EXPORT_TOTAL_MAX:
+            break
+        size -= len(name) + len(chosen.pop(name))
+        dropped.append(name)
+    if dropped:
+        log.warning("--export left out %s (too large for a job)", ", ".join(dropped))
+    return chosen
 
 
 def _absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:

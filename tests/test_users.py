@@ -173,11 +173,11 @@ def test_listener_that_is_not_root_refuses_jobs_for_another_user(
 def test_jobs_see_their_env_and_exports_but_not_the_smtp_login(
     listen, client, tmp_path
 ):
-    listen(
-        "--smtp", "127.0.0.1:9", env={"GLOW_SMTP_USER": "u", "GLOW_SMTP_PASSWORD": "p"}
-    )
+    login = {"GLOW_SMTP_USER": "u", "GLOW_SMTP_PASSWORD": "p"}
+    listen("--smtp", "127.0.0.1:9", env=login)
     out = tmp_path / "env.out"
-    exported = {"GLOW_TEAM_VAR": "blue", "MY_API_TOKEN": "t0ken", "PLAIN": "yes"}
+    exported = {"GLOW_TEAM_VAR": "blue", "MY_API_TOKEN": "t0ken", "PLAIN": "yes",
+                "HOME": "/home/submitter"}  # fmt: skip
 
     result = tool("glow-put", "-t", "t", "--export", "--env", "EXTRA=1", "--out",
                   str(out), "--", "env", env=exported)  # fmt: skip
@@ -188,4 +188,18 @@ def test_jobs_see_their_env_and_exports_but_not_the_smtp_login(
     assert (seen["PLAIN"], seen["EXTRA"]) == ("yes", "1")
     assert "MY_API_TOKEN" not in seen and "GLOW_TEAM_VAR" not in seen
     assert "GLOW_SMTP_USER" not in seen and "GLOW_SMTP_PASSWORD" not in seen
-    assert Path(seen["HOME"]).is_absolute()
+    assert seen["HOME"] == os.environ["HOME"]
+
+
+def test_export_leaves_out_the_largest_values_beyond_its_budget(beanstalkd, client):
+    big = {f"BIG{n}": str(n) * 4000 for n in range(6)}
+
+    result = tool("glow-put", "-t", "t", "--export", "--", "true", env=big)
+
+    assert result.returncode == 0, result.stderr
+    env = json.loads(client.peek(int(result.stdout)).body)["env"]
+    left_out = [name for name in big if name not in env]
+    assert len(left_out) == 3
+    assert result.stderr.endswith(
+        f" glow-put: --export left out {', '.join(left_out)} (too large for a job)\n"
+    )
