@@ -17,6 +17,9 @@ test: venv
 bench: venv
 	$(PY) bin/bench
 
+test-fleet: venv
+	bin/testhosts up && GLOW_TESTHOSTS_REUSE=1 $(PY) -m pytest -m fleet tests/fleet; s=$$?; bin/testhosts down; exit $$s
+
 lint: venv
 	$(VENV)/bin/ruff check glowtools tests bin && $(VENV)/bin/ruff format --check glowtools tests bin
 
