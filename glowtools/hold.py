@@ -107,7 +107,7 @@ def parse_record(body: bytes, record_id: int = 0) -> Record:
             delay=int(data.get("delay", 0)),
             record_id=record_id,
         )
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         problem = f"is not an index record ({exc!r})"
         raise JobInvalid(f"record {record_id}", problem) from None
 
@@ -631,7 +631,7 @@ def read_views(conn: Connection) -> list[list[Group]]:
 def _groups_of(body: bytes) -> list[Group]:
     try:
         return [Group(**g) for g in json.loads(body).get("groups", [])]
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError, RecursionError):
         return []
 
 

@@ -107,7 +107,7 @@ def describe_body(body: bytes) -> Any:
     """Returns a body as JSON if it is, else as text."""
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body.decode(errors="replace")
 
 

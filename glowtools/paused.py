@@ -45,7 +45,7 @@ def record(conn: Connection, tube: str) -> dict | None:
         return None
     try:
         return json.loads(job.body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
 
 

@@ -162,7 +162,7 @@ def _status_in(conn: Connection, tube: str) -> dict:
     host, _, pid = tube[len(LISTENER_PREFIX) :].rpartition(".")
     try:
         status = json.loads(conn.peek_ready().body)
-    except (greenstalk.NotFoundError, ValueError):
+    except (greenstalk.NotFoundError, ValueError, RecursionError):
         status = {"host": host, "pid": int(pid) if pid.isdigit() else pid}
     return {**status, "tube": tube}
 

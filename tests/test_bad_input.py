@@ -304,3 +304,22 @@ def test_a_command_with_line_breaks_cannot_add_mail_headers():
         "Subject", "From", "To", "Date", "Message-ID", "Content-Type",
         "Content-Transfer-Encoding", "MIME-Version",
     ]  # fmt: skip
+
+
+HOSTILE = [DEEP[:60_000].encode(), b'{"pri":' + LONG_NUMBER.encode() + b"}", b"\xff"]
+INTERNAL = ["GLOW_HELD.t", "GLOW_PAUSED.t", "GLOW_LISTENER.h.1", "GLOW_ERRORS"]
+
+
+def test_other_tools_survive_hostile_bodies_in_user_and_internal_tubes(client):
+    ids = []
+    for tube in ["t", *INTERNAL]:
+        client.use(tube)
+        ids += [client.put(body) for body in HOSTILE]
+
+    runs = [["glow-stats"], ["glow-stats", "--json"], ["glow-dep", "--once"]]
+    runs += [["glow-peek", str(job_id)] for job_id in ids[:3]]
+    for args in runs:
+        result = tool(*args, timeout=30)
+
+        assert result.returncode == 0, (args, result.stderr)
+        assert "Traceback" not in result.stderr, args
