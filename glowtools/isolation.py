@@ -242,10 +242,7 @@ class Cgroups:
     def close(self) -> None:
         """Removes the listener's own parent cgroups, if nothing is left in them."""
         for path in set(self.parents.values()):
-            try:
-                os.rmdir(path)
-            except OSError:
-                pass
+            _rmdir_quietly(path)
 
 
 def detect_cgroups() -> Cgroups | None:
@@ -266,6 +263,7 @@ def _cgroups_v1() -> Cgroups | None:
         mount = os.path.join(CGROUP_ROOT, ctrl)
         if ctrl not in own or not os.path.exists(os.path.join(mount, "cgroup.procs")):
             return None
+        _remove_stale(mount + own[ctrl], "glow-listen-")
         parent = os.path.join(mount + own[ctrl], f"glow-listen-{os.getpid()}")
         _fresh_dir(parent)
         parents[ctrl] = parent
@@ -285,6 +283,7 @@ def _cgroups_v2() -> Cgroups | None:
         os.makedirs(leaf, exist_ok=True)
         _write_file(os.path.join(leaf, "cgroup.procs"), "0")
     _write_file(os.path.join(base, "cgroup.subtree_control"), enable)
+    _remove_stale(base, "glow-jobs-")
     parent = os.path.join(base, f"glow-jobs-{os.getpid()}")
     _fresh_dir(parent)
     _write_file(os.path.join(parent, "cgroup.subtree_control"), enable)
@@ -301,11 +300,29 @@ def _own_cgroups() -> dict[str, str]:
     return own
 
 
+def _remove_stale(folder: str, prefix: str) -> None:
+    """Removes the empty cgroups of listeners that died without removing them."""
+    for name in os.listdir(folder):
+        pid = name[len(prefix) :]
+        if not name.startswith(prefix) or os.path.exists(f"/proc/{pid}"):
+            continue
+        stale = os.path.join(folder, name)
+        for job in os.listdir(stale):
+            _rmdir_quietly(os.path.join(stale, job))
+        _rmdir_quietly(stale)
+
+
+def _rmdir_quietly(path: str) -> None:
+    if os.path.isdir(path):
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
 def _fresh_dir(path: str) -> None:
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        pass
+    # makedirs: a listener in another pid namespace may take our parent for stale.
+    os.makedirs(path, exist_ok=True)
 
 
 class Confinement:
