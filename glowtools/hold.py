@@ -224,9 +224,9 @@ class Answer:
         if self.word != b"OK" or self.data is None:
             return None
         stats: dict[str, Any] = {}
-        for line in self.data.decode().splitlines()[1:]:
+        for line in self.data.decode().split("\n")[1:]:
             key, _, value = line.partition(": ")
-            stats[key] = int(value) if value.lstrip("-").isdigit() else value
+            stats[key] = int(value) if value.isdigit() else value
         return stats
 
 
@@ -493,7 +493,8 @@ def _release_chunk(conn: Connection, records: Sequence[Record]) -> tuple[list, .
         else:
             gone.append(record)
     released = _release_jobs(conn, held)
-    gone += [r for r, _ in held if r not in released]
+    done = {r.record_id for r in released}
+    gone += [r for r, _ in held if r.record_id not in done]
     pipeline(conn, [b"delete %d\r\n" % r.record_id for r in [*released, *gone]])
     return released, gone, lost
 

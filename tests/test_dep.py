@@ -438,3 +438,21 @@ def test_glow_dep_stops_on_sigint_and_gives_its_records_back(beanstalkd, client,
     assert dep.proc.wait(10) == 0
     ready = lambda: client.stats_tube("GLOW_HELD.b")["current-jobs-ready"] == 1  # noqa: E731
     wait_for(ready, 10, "the record to be ready again")
+
+
+def test_a_glow_dep_that_dies_has_its_held_jobs_taken_over_by_another(
+    beanstalkd, client, glow_dep
+):
+    upstream = int(tool("glow-put", "-t", "a", "--", "true").stdout)
+    jobs = '{"cmd":"true","tube":"b"}\n' * 20
+    ids = tool("glow-put", "--after", "a", input=jobs).stdout.split()
+    first = glow_dep()
+    first.wait_log("tube b: 20 held jobs waiting")
+    second = glow_dep()
+
+    first.proc.kill()
+    client.delete(upstream)
+
+    second.wait_log("a glow-dep stopped", timeout=60)
+    wait_for(lambda: held_records(client, "b") == 0, 30, "the records to go")
+    assert not any(held(client, int(job_id)) for job_id in ids)
