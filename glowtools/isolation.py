@@ -149,7 +149,9 @@ class JobCgroup:
             self._write("memory", "memory.memsw.limit_in_bytes", memory, optional=True)
             self._write("pids", "pids.max", nproc)
 
-    def _write(self, ctrl: str, name: str, value, optional: bool = False) -> None:
+    def _write(
+        self, ctrl: str, name: str, value: int | None, optional: bool = False
+    ) -> None:
         if value is None:
             return
         path = os.path.join(self.dirs[ctrl], name)

@@ -363,11 +363,18 @@ def listen(
     smtp: Annotated[
         str | None, Opt(metavar="HOST:PORT", help="Mail failures through this server.")
     ] = None,
-    mail_from: Annotated[str | None, Opt(help="Sender of failure mail.")] = None,
-    smtp_starttls: Annotated[bool, Opt(help="Use STARTTLS with --smtp.")] = False,
+    mail_from: Annotated[
+        str | None, Opt(metavar="ADDR", help="Sender of failure mail.")
+    ] = None,
+    smtp_starttls: Annotated[
+        bool, Opt("--smtp-starttls", help="Use STARTTLS with --smtp.")
+    ] = False,
     allow_user: Annotated[
         list[str] | None,
-        Opt(help="Users a root listener may run jobs as (a,b; * any but root)."),
+        Opt(
+            metavar="USER",
+            help="Users a root listener may run jobs as (a,b; * any but root).",
+        ),
     ] = None,
     cgroups: Annotated[
         bool, Opt(help="Use cgroups for memory and nproc limits where offered.")
