@@ -18,6 +18,8 @@ MAX_TTR = 2**32 - 1
 HOLD_DELAY = 2**31 - 1
 MAX_DELAY = HOLD_DELAY - 1
 MAX_TUBE_NAME = 200
+# beanstalkd's job ids are 64-bit; a larger id is a protocol error, not "not found".
+MAX_JOB_ID = 2**64 - 1
 # beanstalkd's own default for -z; the server's stats override it when known.
 DEFAULT_MAX_JOB_SIZE = 65535
 

@@ -9,6 +9,7 @@ import typer
 
 from . import cli, listing
 from .connection import Connection, connect
+from .defaults import MAX_JOB_ID
 from .errors import JobInvalid, NotFound, ServerRefused
 
 log = logging.getLogger("glowtools.delete")
@@ -19,7 +20,8 @@ app = cli.app("Delete jobs by id, printing each first so it can be put back.")
 @app.command()
 def delete(
     ids: Annotated[
-        list[int], typer.Argument(metavar="ID", min=1, help="Jobs to delete.")
+        list[int],
+        typer.Argument(metavar="ID", min=1, max=MAX_JOB_ID, help="Jobs to delete."),
     ],
     queue: cli.Queue = None,
     verbose: cli.Verbose = 0,

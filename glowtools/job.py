@@ -18,6 +18,7 @@ from .defaults import (
     DEFAULT_TTR,
     DEFAULT_WORKDIR,
     MAX_DELAY,
+    MAX_JOB_ID,
     MAX_PRI,
     MAX_TTR,
     MAX_TUBE_NAME,
@@ -314,7 +315,7 @@ def _job_ids(value: Any) -> list[int]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list):
         raise ValueError(f"must be a list of job ids, not {_a_json(value)}")
-    return [_integer(1, 2**64 - 1)(_strip(item)) for item in items]
+    return [_integer(1, MAX_JOB_ID)(_strip(item)) for item in items]
 
 
 def _mailto(value: Any) -> list[str]:

@@ -9,6 +9,7 @@ import typer
 
 from . import cli, listing
 from .connection import Connection, connect
+from .defaults import MAX_JOB_ID
 from .errors import NotFound
 
 log = logging.getLogger("glowtools.kick")
@@ -50,7 +51,7 @@ def kick(
 
 
 def _job_id(text: str) -> int:
-    if not text.isdigit() or int(text) == 0:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_JOB_ID:
         raise typer.BadParameter(f"{text!r} is not a job id", param_hint="ID")
     return int(text)
 

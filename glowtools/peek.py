@@ -8,6 +8,7 @@ import typer
 
 from . import cli, hold, listing
 from .connection import Connection, connect
+from .defaults import MAX_JOB_ID
 from .errors import NotFound
 
 app = cli.app("Show a job: its body, its stats and its failure report.")
@@ -32,7 +33,7 @@ def peek(
     with connect(queue) as conn:
         if buried:
             job_id = first_buried(conn, listing.user_tube(target))
-        elif target.isdigit() and int(target) > 0:
+        elif target.isascii() and target.isdigit() and 0 < int(target) <= MAX_JOB_ID:
             job_id = int(target)
         else:
             raise typer.BadParameter(f"{target!r} is not a job id", param_hint="ID")

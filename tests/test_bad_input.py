@@ -323,3 +323,15 @@ def test_other_tools_survive_hostile_bodies_in_user_and_internal_tubes(client):
 
         assert result.returncode == 0, (args, result.stderr)
         assert "Traceback" not in result.stderr, args
+
+
+@pytest.mark.parametrize("job_id", ["18446744073709551616", "9" * 30, "²", "١"])
+@pytest.mark.parametrize(
+    "args", [["glow-peek"], ["glow-kick", "--id"], ["glow-delete"]], ids=str
+)
+def test_a_job_id_beanstalkd_cannot_hold_is_a_usage_error(client, args, job_id):
+    result = tool(*args, job_id)
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert client.stats()["cmd-peek"] == 0
