@@ -1,5 +1,6 @@
 """glow-dep: releases held jobs once the tubes and jobs they wait on have drained."""
 
+import contextlib
 import json
 import logging
 import os
@@ -91,10 +92,8 @@ class Releaser:
     def disconnect(self) -> None:
         """Closes the connection and forgets the records; they stay adopted."""
         if self.conn is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self.conn.close()
-            except OSError:
-                pass
             self.conn = None
         self.records.clear()
         self.verdicts.clear()

@@ -425,15 +425,20 @@ def confirm_held(
     Returns (held: records with their job's stats, gone: records whose job is no
     longer held, lost: records that no longer exist).
     """
+    return _sort_out(conn, records, b"stats-job", b"OK")
+
+
+def _sort_out(conn: Connection, records: Sequence[Record], verb: bytes, ok: bytes):
+    """Sends `verb` for each record and stats-job for its job; sorts them out."""
     commands = []
     for record in records:
-        commands.append(b"stats-job %d\r\n" % record.record_id)
+        commands.append(b"%s %d\r\n" % (verb, record.record_id))
         commands.append(b"stats-job %d\r\n" % record.job_id)
     answers = pipeline(conn, commands)
     held, gone, lost = [], [], []
     for n, record in enumerate(records):
-        exists, stats = answers[2 * n].word == b"OK", answers[2 * n + 1].stats()
-        if not exists:
+        stats = answers[2 * n + 1].stats()
+        if answers[2 * n].word != ok:
             lost.append(record)
         elif is_held(stats):
             held.append((record, stats))
@@ -478,20 +483,7 @@ def release_held(
 def _release_chunk(conn: Connection, records: Sequence[Record]) -> tuple[list, ...]:
     # Reserving the record by id makes this connection the only one acting on it;
     # a job is held only while delayed by HOLD_DELAY, so it is released once.
-    commands = []
-    for record in records:
-        commands.append(b"reserve-job %d\r\n" % record.record_id)
-        commands.append(b"stats-job %d\r\n" % record.job_id)
-    answers = pipeline(conn, commands)
-    held, gone, lost = [], [], []
-    for n, record in enumerate(records):
-        stats = answers[2 * n + 1].stats()
-        if answers[2 * n].word != b"RESERVED":
-            lost.append(record)
-        elif is_held(stats):
-            held.append((record, stats))
-        else:
-            gone.append(record)
+    held, gone, lost = _sort_out(conn, records, b"reserve-job", b"RESERVED")
     released = _release_jobs(conn, held)
     done = {r.record_id for r in released}
     gone += [r for r, _ in held if r.record_id not in done]
