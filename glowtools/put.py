@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import greenstalk
 import typer
@@ -16,9 +16,10 @@ from . import cli
 from .connection import Connection, PartialPut, connect
 from .defaults import DEPS_ENV, UNDO_SLACK, UNDO_TUBE
 from .errors import Interrupted, JobInvalid, QueueUnreachable
-from .hold import apply_rules, held_put, holding_problem, load_rules, record_put
 from .job import Job, json_problem, parse_job
-from .sign import Secret, load_secret, sign
+
+if TYPE_CHECKING:
+    from .sign import Secret
 
 log = logging.getLogger(__name__)
 PATH_FIELDS = ("workdir", "out", "stdout", "stderr")
@@ -81,7 +82,7 @@ def put(
     Many:     glow-put --tube nightly < jobs.jsonl  (a JSON array or JSON Lines)
     """
     cli.setup_logging("glow-put", verbose, quiet)
-    secret = load_secret(secret_file[0]) if secret_file else None
+    secret = _load_secret(secret_file[0]) if secret_file else None
     limits = _given(memory=memory, cpu_time=cpu_time, nofile=nofile, nproc=nproc)
     limits.update(_given(nice=nice))
     defaults = _given(
@@ -106,7 +107,7 @@ def put(
         raise JobInvalid("glow-put", "no command and no jobs on stdin (give one)")
     else:
         jobs = read_jobs(sys.stdin.buffer.read(), defaults)
-    jobs = _with_rules(jobs, load_rules(deps) if deps else {})
+    jobs = _with_rules(jobs, _hold().load_rules(deps) if deps else {})
 
     ids = put_jobs(queue, jobs, secret)
     for (_, job), job_id in zip(jobs, ids, strict=True):
@@ -114,6 +115,22 @@ def put(
             print(json.dumps({"id": job_id, "tube": job.tube, "cmd": job.describe()}))
         else:
             print(job_id)
+
+
+def _load_secret(path) -> "Secret":
+    # Signing (hashlib, hmac) is imported only by puts that sign: it costs an
+    # unsigned single put a twentieth of its start-up.
+    from .sign import load_secret
+
+    return load_secret(path)
+
+
+def _hold():
+    # Held jobs and --deps rules are the exception: their module costs a single
+    # put of an ordinary job a twentieth of its start-up.
+    from . import hold
+
+    return hold
 
 
 def _given(**options: Any) -> dict[str, Any]:
@@ -222,16 +239,19 @@ def _parse(raw: Any, where: str, defaults: dict[str, Any]) -> tuple[str, Job]:
 
 def _with_rules(jobs: list[tuple[str, Job]], rules: dict) -> list[tuple[str, Job]]:
     """Adds the rules' upstream tubes; raises JobInvalid for a job that cannot wait."""
-    jobs = [(where, apply_rules(job, rules)) for where, job in jobs]
+    if not rules and not any(job.held for _, job in jobs):
+        return jobs
+    hold = _hold()
+    jobs = [(where, hold.apply_rules(job, rules)) for where, job in jobs]
     for where, job in jobs:
-        problem = job.held and holding_problem(job)
+        problem = job.held and hold.holding_problem(job)
         if problem:
             raise JobInvalid(where, problem)
     return jobs
 
 
 def put_jobs(
-    queue: str | None, jobs: list[tuple[str, Job]], secret: Secret | None = None
+    queue: str | None, jobs: list[tuple[str, Job]], secret: "Secret | None" = None
 ) -> list[int]:
     """Puts validated jobs over one connection; all of them or none.
 
@@ -241,12 +261,14 @@ def put_jobs(
     """
     bodies = [job.to_body() for _, job in jobs]
     if secret:
+        from .sign import sign
+
         bodies = [sign(body, secret) for body in bodies]
     conn = connect(queue)
     try:
         _check_sizes(conn, jobs, bodies)
         puts = [
-            held_put(job, body)
+            _hold().held_put(job, body)
             if job.held
             else (job.tube, body, job.pri, job.delay, job.ttr)
             for (_, job), body in zip(jobs, bodies, strict=True)
@@ -263,7 +285,7 @@ def _put_all(conn: Connection, jobs: list, puts: list) -> list[int]:
     """Puts the jobs, then the index records of held ones, which name their ids."""
     ids = conn.put_many(puts, _progress(len(puts)))
     held = zip(jobs, ids, strict=True)
-    records = [record_put(job, job_id) for (_, job), job_id in held if job.held]
+    records = [_hold().record_put(job, j) for (_, job), j in held if job.held]
     try:
         conn.put_many(records)
     except PartialPut as exc:
