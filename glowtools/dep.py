@@ -277,8 +277,12 @@ Opt = typer.Option
 
 @app.command()
 def dep(
-    once: Annotated[bool, Opt(help="Release what can be released, then exit.")] = False,
-    graph: Annotated[bool, Opt(help="Print what is held now, and on what.")] = False,
+    once: Annotated[
+        bool, Opt("--once", help="Release what can be released, then exit.")
+    ] = False,
+    graph: Annotated[
+        bool, Opt("--graph", help="Print what is held now, and on what.")
+    ] = False,
     queue: cli.Queue = None,
     json_out: cli.Json = False,
     verbose: cli.Verbose = 0,

@@ -307,6 +307,7 @@ class Upstream:
 
     tubes: dict[str, dict | None] = field(default_factory=dict)
     jobs: dict[int, dict | None] = field(default_factory=dict)
+    held: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -323,11 +324,14 @@ def fetch_upstream(conn: Connection, records: Iterable[Record]) -> Upstream:
     tubes = sorted({t for r in records for t in r.after})
     jobs = sorted({j for r in records for j in r.after_jobs})
     commands = [b"stats-tube %s\r\n" % t.encode() for t in tubes]
+    commands += [b"stats-tube %s\r\n" % index_tube(t).encode() for t in tubes]
     commands += [b"stats-job %d\r\n" % j for j in jobs]
     answers = iter(pipeline(conn, commands))
     upstream = Upstream()
     for tube in tubes:
         upstream.tubes[tube] = next(answers).stats()
+    for tube in tubes:
+        upstream.held[tube] = _total(next(answers).stats() or {})
     for job_id in jobs:
         upstream.jobs[job_id] = next(answers).stats()
     return upstream
@@ -337,7 +341,8 @@ def judge(record: Record, upstream: Upstream) -> Verdict:
     """Decides whether a held job's upstream has drained (or settled)."""
     waiting = ""
     for tube in record.after:
-        verdict = _judge_tube(tube, upstream.tubes.get(tube), record.after_any)
+        stats, held = upstream.tubes.get(tube), upstream.held.get(tube, 0)
+        verdict = _judge_tube(tube, stats, held, record.after_any)
         if verdict.state == "blocked":
             return verdict
         waiting = waiting or verdict.reason
@@ -349,15 +354,18 @@ def judge(record: Record, upstream: Upstream) -> Verdict:
     return Verdict("waiting", waiting) if waiting else Verdict("release")
 
 
-def _judge_tube(tube: str, stats: dict | None, after_any: bool) -> Verdict:
+def _judge_tube(tube: str, stats: dict | None, held: int, after_any: bool) -> Verdict:
     if stats is None:
         return Verdict("release")
     buried = stats["current-jobs-buried"]
     if buried and not after_any:
         jobs = "job" if buried == 1 else "jobs"
         return Verdict("blocked", f"upstream tube {tube} has {buried} buried {jobs}")
-    states = ("ready", "delayed", "reserved")
-    counts = [(stats[f"current-jobs-{s}"], s) for s in states]
+    delayed = stats["current-jobs-delayed"]
+    # Held jobs count as delayed in their tube; a stale record can make more.
+    counts = [(stats["current-jobs-ready"], "ready"), (min(held, delayed), "held")]
+    counts += [(max(delayed - held, 0), "delayed")]
+    counts += [(stats["current-jobs-reserved"], "reserved")]
     busy = ", ".join(f"{n} {s}" for n, s in counts if n)
     if busy:
         return Verdict("waiting", f"upstream tube {tube} has jobs ({busy})")
@@ -576,7 +584,7 @@ def held_counts(conn: Connection) -> dict[str, int]:
 
 def _total(stats: dict) -> int:
     states = ("ready", "delayed", "reserved", "buried")
-    return sum(stats[f"current-jobs-{s}"] for s in states)
+    return sum(stats.get(f"current-jobs-{s}", 0) for s in states)
 
 
 def held_groups(conn: Connection) -> list[Group]:
