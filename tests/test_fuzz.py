@@ -11,7 +11,7 @@ from test_listen import gone
 from glowtools.errors import JobInvalid
 from glowtools.job import PARSERS, parse_body
 
-BODIES = 2000
+BODIES = 1500
 MAX_BODY = 65535
 NOWHERE = "/nonexistent/glow-fuzz"
 
