@@ -3,6 +3,9 @@
 import email
 import email.policy
 import os
+import shutil
+import ssl
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -148,6 +151,32 @@ def test_smtp_login_comes_from_the_environment(listen, client, tmp_path):
     env = {"GLOW_SMTP_USER": "glow", "GLOW_SMTP_PASSWORD_FILE": str(secret)}
     try:
         listen("--smtp", f"127.0.0.1:{controller.port}", env=env)
+        put("-t", "t", "--mailto", "ops@example.org", "--", "false")
+
+        wait_for(lambda: inbox.mails, what="the failure mail")
+        assert inbox.logins == [(b"glow", b"s3cret")]
+    finally:
+        controller.stop()
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="no openssl to make a cert")
+def test_starttls_protects_the_login(listen, client, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    inbox = Inbox()
+    controller = serve(inbox, authenticator=inbox.authenticate, tls_context=context,
+                       require_starttls=True)  # fmt: skip
+    env = {"GLOW_SMTP_USER": "glow", "GLOW_SMTP_PASSWORD": "s3cret",
+           "SSL_CERT_FILE": str(cert)}  # fmt: skip
+    try:
+        listen("--smtp", f"127.0.0.1:{controller.port}", "--smtp-starttls", env=env)
         put("-t", "t", "--mailto", "ops@example.org", "--", "false")
 
         wait_for(lambda: inbox.mails, what="the failure mail")
