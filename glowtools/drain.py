@@ -11,7 +11,7 @@ from typing import Annotated, BinaryIO
 import greenstalk
 import typer
 
-from . import cli, listing, paused
+from . import cli, fleet_options, listing, paused
 from .connection import Connection, connect
 from .defaults import DRAIN_PAUSE
 from .errors import Interrupted, JobInvalid
@@ -32,12 +32,27 @@ def drain(
     queue: cli.Queue = None,
     verbose: cli.Verbose = 0,
     quiet: cli.Quiet = False,
+    hosts: fleet_options.Hosts = None,
+    inventory: fleet_options.Inventory = None,
+    group: fleet_options.Group = fleet_options.DEFAULT_GROUP,
+    deadline: fleet_options.Deadline = None,
+    restart: fleet_options.Restart = False,
+    no_wait: fleet_options.NoWait = False,
+    ssh_config: fleet_options.SshConfig = None,
+    json_out: cli.Json = False,
 ) -> None:
     """Empty tubes (ready, delayed, held and buried jobs), one JSON line per job.
 
     glow-drain nightly > jobs.jsonl; glow-put < jobs.jsonl   (puts them back)
+
+    With --hosts or --inventory, drains the listeners on those hosts instead:
+    glow-drain --inventory inventory.ini --deadline 600 [--restart]
     """
     cli.setup_logging("glow-drain", verbose, quiet, base=logging.INFO, stamp=False)
+    if fleet_options.is_fleet(hosts, inventory):
+        fleet_options.drain(
+            hosts, inventory, group, deadline, restart, no_wait, json_out, ssh_config
+        )
     if not tubes:
         raise typer.BadParameter("give at least one tube", param_hint="TUBE")
     names = [listing.user_tube(tube) for tube in tubes]

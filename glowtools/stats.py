@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from . import cli, hold, listing, paused
+from . import cli, fleet_options, hold, listing, paused
 from .connection import Connection, connect
 from .defaults import is_internal_tube
 from .errors import NotFound, QueueUnreachable
@@ -64,11 +64,18 @@ def stats(
     ] = False,
     queue: cli.Queue = None,
     json_out: cli.Json = False,
+    hosts: fleet_options.Hosts = None,
+    inventory: fleet_options.Inventory = None,
+    group: fleet_options.Group = fleet_options.DEFAULT_GROUP,
+    ssh_config: fleet_options.SshConfig = None,
 ) -> None:
     """Show each tube's jobs by state (held and blocked work too) and the server.
 
     glow-stats      glow-stats --watch 2 nightly      glow-stats --listeners
+    glow-stats --inventory inventory.ini   (listener services per host, over SSH)
     """
+    if fleet_options.is_fleet(hosts, inventory):
+        fleet_options.status(hosts, inventory, group, json_out, ssh_config)
     names = [listing.user_tube(tube) for tube in tubes or []]
     render = _renderer(names, listeners, prometheus, json_out)
     if watch:
