@@ -387,7 +387,7 @@ def listen(
     """Reserve jobs from beanstalkd tubes and run them until stopped.
 
     glow-listen -v --exclude slow-*   (SIGINT: finish jobs and exit;
-    SIGTERM: kill jobs and release them; SIGHUP: reopen --log)
+    SIGTERM: kill jobs and release them; SIGHUP: reopen --log, reread secrets)
     """
     handler = cli.setup_logging("glow-listen", verbose, quiet, base=logging.INFO)
     if log_file:
@@ -399,7 +399,7 @@ def listen(
     listener.secrets = _secrets(secret_file or [])
     signal.signal(signal.SIGINT, lambda *_: listener.stop())
     signal.signal(signal.SIGTERM, lambda *_: listener.terminate())
-    signal.signal(signal.SIGHUP, lambda *_: _reopen(handler))
+    signal.signal(signal.SIGHUP, lambda *_: _on_hangup(handler, listener, secret_file))
     if smtp:
         sender = mail_from or f"glow@{HOST}"
         listener.mailer = Mailer(mail_settings(smtp, sender, smtp_starttls))
@@ -421,6 +421,21 @@ def _host(allowed: list[str], cgroups: bool) -> Host:
     if allowed and not host.users.is_root:
         log.warning("--allow-user has no effect: the listener is not root")
     return host
+
+
+def _on_hangup(handler: logging.Handler, listener: Listener, paths: list | None):
+    _reopen(handler)
+    if paths:
+        _reread_secrets(listener, paths)
+
+
+def _reread_secrets(listener: Listener, paths: list) -> None:
+    # A rotation adds or drops a key without a restart; a bad file keeps the old.
+    try:
+        listener.secrets = _secrets(paths)
+    except ConfigInvalid as exc:
+        kids = ", ".join(secret.kid for secret in listener.secrets)
+        log.error("%s; still running only jobs signed with key id %s", exc, kids)
 
 
 def _secrets(paths: list) -> list[Secret]:

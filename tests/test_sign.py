@@ -4,6 +4,7 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 
 import pytest
 from conftest import error_reports, tool, wait_for
@@ -267,3 +268,24 @@ def test_changing_any_field_of_a_signed_body_breaks_the_signature(job, name, val
 
     with pytest.raises(JobInvalid, match="signature does not match its content"):
         verify(json.dumps(signed).encode(), [KEY])
+
+
+def test_sighup_rereads_the_secret_files_and_keeps_the_old_keys_if_one_is_bad(
+    listen, client, tmp_path
+):
+    path = secret_file(tmp_path, OLD, "listener")
+    new = secret_file(tmp_path, NEW, "new")
+    listener = listen("--secret-file", path)
+    secret_file(tmp_path, NEW, "listener")
+
+    listener.proc.send_signal(signal.SIGHUP)
+    listener.wait_log(f"running only jobs signed with key id {kid_of(NEW)}")
+    first = put("--secret-file", new, "-t", "t", "--", "true")
+    wait_for(lambda: gone(client, first))
+
+    os.chmod(path, 0o644)
+    listener.proc.send_signal(signal.SIGHUP)
+    listener.wait_log(f"still running only jobs signed with key id {kid_of(NEW)}")
+    second = put("--secret-file", new, "-t", "t", "--", "true")
+    wait_for(lambda: gone(client, second))
+    assert f"secret file {path} has mode 0644" in listener.log
