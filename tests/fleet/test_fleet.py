@@ -245,3 +245,28 @@ def test_jobs_dir_is_the_only_place_jobs_may_write(running):
 
     found = wait_for(lambda: running.marker_hosts([token]), what="the write test")
     assert found == {token: "read-only"}
+
+
+def test_glow_stats_and_glow_drain_commands_reach_the_fleet(running):
+    env = {**os.environ, "GLOW_SSH_CONFIG": running.ssh_config}
+    inventory = ["--inventory", str(running.inventory)]
+
+    stats = subprocess.run(
+        [tool_path("glow-stats"), *inventory, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    drained = subprocess.run(
+        [tool_path("glow-drain"), "--hosts", "deb13", "--restart"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+
+    assert stats.returncode == 0, stats.stderr
+    hosts = [json.loads(line)["host"] for line in stats.stdout.splitlines()]
+    assert hosts == ["deb12", "deb13"]
+    assert drained.returncode == 0, drained.stderr
+    assert drained.stdout.startswith("deb13 restarted in ")
+    assert "glow-drain: host deb13: restarted after " in drained.stderr
