@@ -40,8 +40,10 @@ class Releaser:
         self.address = address
         self.conn: Connection | None = None
         self.records: dict[int, Record] = {}
+        self.by_key: dict[tuple, dict[int, Record]] = defaultdict(dict)
         self.watching: set[str] = set()
         self.verdicts: dict[tuple, Verdict] = {}
+        self.changes = 0
         self.stopping = threading.Event()
         self.view = View() if show else None
         self._refreshed = self._swept = 0.0
@@ -73,7 +75,7 @@ class Releaser:
         released = self._release()
         if time.monotonic() - self._swept > DEP_SWEEP:
             self._sweep()
-        if self.view and self.view.publish(self.conn, self.records, self.verdicts):
+        if self.view and self.view.publish(self.conn, self):
             # A glow-dep died: take over the records it had adopted.
             hold.unbury_records(self.conn)
         return released
@@ -96,6 +98,7 @@ class Releaser:
                 self.conn.close()
             self.conn = None
         self.records.clear()
+        self.by_key.clear()
         self.verdicts.clear()
 
     def _connect(self) -> None:
@@ -118,26 +121,38 @@ class Releaser:
                 return
             for record in hold.record_or_bury(self.conn, answer):
                 hold.pipeline(self.conn, [b"bury %d 0\r\n" % record.record_id])
-                self.records[record.record_id] = record
+                self._add(record)
         elif wait:
             self.stopping.wait(DEP_CHECK)
         for record in hold.adopt_records(self.conn):
-            self.records[record.record_id] = record
+            self._add(record)
+
+    def _add(self, record: Record) -> None:
+        self.records[record.record_id] = record
+        self.by_key[record.key][record.record_id] = record
+        self.changes += 1
+
+    def _forget(self, records: list[Record]) -> None:
+        for record in records:
+            if self.records.pop(record.record_id, None):
+                group = self.by_key[record.key]
+                del group[record.record_id]
+                if not group:
+                    del self.by_key[record.key]
+                    self.verdicts.pop(record.key, None)
+        self.changes += 1
 
     def _release(self) -> list[Record]:
         if not self.records:
             return []
-        upstream = hold.fetch_upstream(self.conn, self.records.values())
-        by_key: dict[tuple, list[Record]] = defaultdict(list)
-        for record in self.records.values():
-            by_key[record.key].append(record)
-        ready = [r for rs in by_key.values() if self._judge(rs, upstream) for r in rs]
+        # One record per key stands for its group: the cost is per upstream.
+        groups = [list(group.values()) for group in list(self.by_key.values())]
+        upstream = hold.fetch_upstream(self.conn, [g[0] for g in groups])
+        ready = [r for group in groups if self._judge(group, upstream) for r in group]
         if not ready:
             return []
         released, gone, lost = hold.release_held(self.conn, ready)
-        for record in ready:
-            del self.records[record.record_id]
-            self.verdicts.pop(record.key, None)
+        self._forget(ready)
         _say_released(released)
         _say_gone(gone)
         _say_lost(lost)
@@ -148,6 +163,7 @@ class Releaser:
         verdict = hold.judge(records[0], upstream)
         before = self.verdicts.get(records[0].key)
         self.verdicts[records[0].key] = verdict
+        self.changes += verdict != before
         # A waiting job's reason changes with every job upstream: say it once.
         if verdict != before and not (
             before and before.state == verdict.state == "waiting"
@@ -157,8 +173,7 @@ class Releaser:
 
     def _sweep(self) -> None:
         _, gone, lost = hold.sweep_held(self.conn, list(self.records.values()))
-        for record in [*gone, *lost]:
-            del self.records[record.record_id]
+        self._forget([*gone, *lost])
         _say_gone(gone)
         self._swept = time.monotonic()
 
@@ -219,14 +234,18 @@ class View:
         self.tube = hold.view_tube(HOST)
         self.job_id: int | None = None
         self.body = b""
+        self.changes = -1
         self._shown = 0.0
 
-    def publish(self, conn: Connection, records: dict, verdicts: dict) -> bool:
+    def publish(self, conn: Connection, releaser: Releaser) -> bool:
         """Renews the view if it changed or is due; True if a dead one was found."""
-        body = _view_body(records.values(), verdicts)
         due = time.monotonic() - self._shown > VIEW_REFRESH
-        if body == self.body and not due:
+        if releaser.changes == self.changes and not due:
             return False
+        body = self.body
+        if releaser.changes != self.changes:
+            body = _view_body(releaser.records.values(), releaser.verdicts)
+            self.changes = releaser.changes
         conn.use(self.tube)
         new_id = conn.put(body, priority=0, delay=VIEW_TTL, ttr=1)
         self.withdraw(conn)
