@@ -6,6 +6,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import greenstalk
 import pytest
 from conftest import BIN, tool, wait_for
 
@@ -456,3 +457,24 @@ def test_a_glow_dep_that_dies_has_its_held_jobs_taken_over_by_another(
     second.wait_log("a glow-dep stopped", timeout=60)
     wait_for(lambda: held_records(client, "b") == 0, 30, "the records to go")
     assert not any(held(client, int(job_id)) for job_id in ids)
+
+
+def test_forget_held_deletes_a_tubes_held_jobs_and_their_records(beanstalkd, client):
+    from glowtools import hold
+    from glowtools.connection import connect
+
+    tool("glow-put", "-t", "a", "--", "true")
+    ids = [
+        int(tool("glow-put", "-t", "b", "--after", "a", "--", "true").stdout)
+        for _ in range(3)
+    ]
+    other = int(tool("glow-put", "-t", "c", "--after", "a", "--", "true").stdout)
+    tool("glow-dep", "--once")
+
+    with connect(beanstalkd.address) as conn:
+        assert hold.forget_held(conn, "b") == 3
+        assert hold.held_counts(conn) == {"c": 1}
+    for job_id in ids:
+        with pytest.raises(greenstalk.NotFoundError):
+            client.stats_job(job_id)
+    assert held(client, other)
