@@ -593,6 +593,7 @@ def held_groups(conn: Connection) -> list[Group]:
     Records no glow-dep has adopted are read on a connection of their own, which
     is closed at once (beanstalkd then gives them back in one go). With no
     glow-dep running, records a stopped one had adopted are kicked back first.
+    Leaves `conn` using the default tube.
     """
     views = read_views(conn)
     if not views:
@@ -617,7 +618,10 @@ def _ids_of(view: list[Group]) -> set[int]:
 
 
 def read_views(conn: Connection) -> list[list[Group]]:
-    """Returns the groups each running glow-dep holds; a dead one's are skipped."""
+    """Returns the groups each running glow-dep holds; a dead one's are skipped.
+
+    Leaves `conn` using the default tube.
+    """
     views = []
     for tube in conn.tubes():
         if tube.startswith(VIEW_PREFIX):
