@@ -101,6 +101,10 @@ def held_records(client, tube: str) -> int:
     return sum(stats[f"current-jobs-{s}"] for s in states)
 
 
+def held_ready(client, tube: str) -> int:
+    return client.stats_tube(f"GLOW_HELD.{tube}")["current-jobs-ready"]
+
+
 def pipeline_of_three(out: Path) -> None:
     for n in (1, 2, 3):
         put("a", f"a{n}", out)
@@ -437,8 +441,7 @@ def test_glow_dep_stops_on_sigint_and_gives_its_records_back(beanstalkd, client,
     dep.proc.send_signal(signal.SIGINT)
 
     assert dep.proc.wait(10) == 0
-    ready = lambda: client.stats_tube("GLOW_HELD.b")["current-jobs-ready"] == 1  # noqa: E731
-    wait_for(ready, 10, "the record to be ready again")
+    wait_for(lambda: held_ready(client, "b") == 1, 10, "the record to be ready")
 
 
 def test_a_glow_dep_that_dies_has_its_held_jobs_taken_over_by_another(
