@@ -251,7 +251,12 @@ def _read_answer(conn: Connection) -> Answer:
         raise ConnectionResetError("closed the connection")
     word, *args = line.split()
     if word in _ERRORS:
-        raise ServerRefused(f"beanstalkd at {conn.address} answered {word.decode()}")
+        hint = " (held jobs need beanstalkd 1.12 or later)" * (
+            word == b"UNKNOWN_COMMAND"
+        )
+        raise ServerRefused(
+            f"beanstalkd at {conn.address} answered {word.decode()}{hint}"
+        )
     answer = Answer(word, args)
     if word in _WITH_DATA:
         size = int(args[_WITH_DATA[word]])
@@ -643,7 +648,9 @@ def _groups_of(body: bytes) -> list[Group]:
 def view_tube(host: str) -> str:
     """Returns the tube where this glow-dep process shows what it holds."""
     name = f"{VIEW_PREFIX}{host}.{os.getpid()}"
-    return "".join(c if c.isalnum() or c in "-.;_" else "_" for c in name)
+    return "".join(
+        c if c.isascii() and c.isalnum() or c in "-.;_" else "_" for c in name
+    )
 
 
 def forget_held(conn: Connection, tube: str) -> int:
