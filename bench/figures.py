@@ -24,7 +24,6 @@ from .procs import (
     spread,
     start,
     stop,
-    timed_run,
     tool,
     wait_deleted,
     wait_until,
@@ -47,12 +46,16 @@ def put_figures(server: Server, work: Path, repeat: int) -> list[Figure]:
     path = work / "jobs.jsonl"
     path.write_text("".join(_job_line(n) for n in range(PUT_JOBS)))
     runs: dict[str, list[float]] = {"glow": [], "raw": [], "greenstalk": []}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeat):
         for name, argv in _put_programs(server, str(path)):
             server.restart()
             with open(path, "rb") as stdin:
-                runs[name].append(PUT_JOBS / timed_run(argv(server.address), stdin))
+                wall, used = cpu_timed_run(argv(server.address), stdin)
+            runs[name].append(PUT_JOBS / wall)
+            cpu[name].append(used)
     glow, raw, plain = (median(runs[n]) for n in ("glow", "raw", "greenstalk"))
+    used = ", ".join(f"{name} {median(s):.2f} s" for name, s in cpu.items())
     size = path.stat().st_size // PUT_JOBS
     return [
         Figure(
@@ -62,7 +65,8 @@ def put_figures(server: Server, work: Path, repeat: int) -> list[Figure]:
             raw,
             "raw pipelined",
             ("ratio", ">=", 0.6),
-            f"glow-put {spread(runs['glow'])}; raw floor {spread(runs['raw'])}",
+            f"glow-put {spread(runs['glow'])}; raw floor {spread(runs['raw'])}; "
+            f"CPU of the whole process: {used}",
         ),
         Figure(
             "put: plain greenstalk loop (for scale)",
@@ -129,7 +133,8 @@ def _wall(runs: list[tuple[float, float]]) -> str:
 
 def _tools() -> list[str]:
     scripts = entry_points(group="console_scripts")
-    return sorted(s.name for s in scripts if s.value.startswith("glowtools."))
+    names = {s.name for s in scripts if s.value.startswith("glowtools.")}
+    return sorted(name for name in names if (BIN / name).exists())
 
 
 def _help_figure(name: str) -> Figure:
@@ -341,7 +346,7 @@ def dependency_figures(server: Server, work: Path) -> list[Figure]:
         with server.client(use="bench-up", watch="bench-up") as client:
             client.put(json.dumps({"cmd": "/bin/true", "tube": "bench-up"}).encode())
             with open(path, "rb") as stdin:
-                timed_run(tool("glow-put", "--queue", server.address), stdin)
+                cpu_timed_run(tool("glow-put", "--queue", server.address), stdin)
             seconds = _release_time(client)
         peak = peak_rss_mb(dep.pid)
     finally:

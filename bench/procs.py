@@ -2,6 +2,7 @@
 waiting on the server's counters, and medians."""
 
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -118,11 +119,18 @@ def floor(mode: str, *args: str) -> list[str]:
     return [sys.executable, str(FLOORS), mode, *args]
 
 
-def timed_run(argv: list[str], stdin=None, env=None) -> float:
-    """Runs a process to its end; returns its wall time in seconds."""
+def cpu_timed_run(argv: list[str], stdin=None) -> tuple[float, float]:
+    """Runs a process to its end; returns its wall and CPU (user + sys) seconds.
+
+    On a busy machine the CPU time is what the process would take alone.
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(argv, stdin=stdin, stdout=subprocess.DEVNULL, check=True, env=env)
-    return time.perf_counter() - start
+    subprocess.run(argv, stdin=stdin, stdout=subprocess.DEVNULL, check=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall, cpu
 
 
 def start(argv: list[str], log: Path | None = None) -> subprocess.Popen:
