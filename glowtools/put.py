@@ -282,15 +282,34 @@ def put_jobs(
 
 
 def _put_all(conn: Connection, jobs: list, puts: list) -> list[int]:
-    """Puts the jobs, then the index records of held ones, which name their ids."""
-    ids = conn.put_many(puts, _progress(len(puts)))
-    held = zip(jobs, ids, strict=True)
-    records = [_hold().record_put(job, j) for (_, job), j in held if job.held]
-    try:
-        conn.put_many(records)
-    except PartialPut as exc:
-        raise PartialPut(ids + exc.ids, exc.cause, exc.unanswered) from exc.cause
+    """Puts the jobs, then the index records of held ones, which name their ids.
+
+    With held jobs, SIGINT and SIGTERM wait until the records are put too: a held
+    job without its record would never be released.
+    """
+    with _signals_deferred(any(job.held for _, job in jobs)):
+        ids = conn.put_many(puts, _progress(len(puts)))
+        held = zip(jobs, ids, strict=True)
+        records = [_hold().record_put(job, j) for (_, job), j in held if job.held]
+        try:
+            conn.put_many(records)
+        except PartialPut as exc:
+            raise PartialPut(ids + exc.ids, exc.cause, exc.unanswered) from exc.cause
     return ids
+
+
+@contextlib.contextmanager
+def _signals_deferred(defer: bool):
+    if not defer:
+        yield
+        return
+    import signal
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _check_sizes(conn: Connection, jobs: list, bodies: list[bytes]) -> None:

@@ -481,3 +481,21 @@ def test_forget_held_deletes_a_tubes_held_jobs_and_their_records(beanstalkd, cli
         with pytest.raises(greenstalk.NotFoundError):
             client.stats_job(job_id)
     assert held(client, other)
+
+
+def test_interrupting_glow_put_leaves_no_held_job_without_its_record(
+    beanstalkd, client
+):
+    jobs = '{"cmd":"true","tube":"b","after":["a"]}\n' * 5000
+    proc = subprocess.Popen(
+        [str(BIN / "glow-put")], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    proc.stdin.write(jobs.encode())
+    proc.stdin.close()
+    wait_for(lambda: "b" in client.tubes(), 30, "the first puts")
+
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+
+    delayed = client.stats_tube("b")["current-jobs-delayed"]
+    assert delayed == held_records(client, "b"), proc.returncode
