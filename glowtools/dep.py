@@ -44,6 +44,8 @@ class Releaser:
         self.watching: set[str] = set()
         self.verdicts: dict[tuple, Verdict] = {}
         self.changes = 0
+        self._cycle: list[str] | None = None
+        self._cycle_checked = -1
         self.stopping = threading.Event()
         self.view = View() if show else None
         self._refreshed = self._swept = 0.0
@@ -72,6 +74,8 @@ class Releaser:
         if self.conn is None:
             self._connect()
         self._adopt(wait)
+        if self.changes != self._cycle_checked:
+            self._say_cycle()
         released = self._release()
         if time.monotonic() - self._swept > DEP_SWEEP:
             self._sweep()
@@ -170,6 +174,12 @@ class Releaser:
         ):
             _say_verdict(records, verdict, before)
         return verdict.state == "release"
+
+    def _say_cycle(self) -> None:
+        cycle = _find_cycle(self.by_key)
+        if cycle and cycle != self._cycle:
+            log.warning(_cycle_message(cycle))
+        self._cycle, self._cycle_checked = cycle, self.changes
 
     def _sweep(self) -> None:
         _, gone, lost = hold.sweep_held(self.conn, list(self.records.values()))
@@ -336,16 +346,24 @@ def _print_graph(address: str, json_out: bool) -> None:
         groups = hold.held_groups(conn)
     for group in groups:
         print(json.dumps(group.to_dict()) if json_out else _describe(group))
-    rules = defaultdict(set)
-    for group in groups:
-        rules[group.tube].update(group.after)
-    cycle = hold.find_cycle({tube: sorted(up) for tube, up in rules.items()})
+    cycle = _find_cycle((g.tube, g.after) for g in groups)
     if cycle:
-        print(
-            f"glow-dep: held jobs wait on each other in a cycle: "
-            f"{' -> '.join(cycle)}; they are never released (delete some)",
-            file=sys.stderr,
-        )
+        print(f"glow-dep: {_cycle_message(cycle)}", file=sys.stderr)
+
+
+def _find_cycle(keys) -> list[str] | None:
+    """Returns a cycle of tubes whose held jobs wait on each other, or None."""
+    rules = defaultdict(set)
+    for tube, after, *_ in keys:
+        rules[tube].update(after)
+    return hold.find_cycle({tube: sorted(up) for tube, up in rules.items()})
+
+
+def _cycle_message(cycle: list[str]) -> str:
+    return (
+        f"held jobs wait on each other in a cycle: {' -> '.join(cycle)}; they are "
+        "never released (delete some of them)"
+    )
 
 
 def _describe(group: Group) -> str:

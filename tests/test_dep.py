@@ -499,3 +499,17 @@ def test_interrupting_glow_put_leaves_no_held_job_without_its_record(
 
     delayed = client.stats_tube("b")["current-jobs-delayed"]
     assert delayed == held_records(client, "b"), proc.returncode
+
+
+def test_held_jobs_waiting_on_each_other_are_reported_as_a_cycle(beanstalkd, glow_dep):
+    tool("glow-put", "-t", "a", "--after", "b", "--", "true")
+    tool("glow-put", "-t", "b", "--after", "a", "--", "true")
+
+    dep = glow_dep()
+    graph = tool("glow-dep", "--graph")
+
+    dep.wait_log("held jobs wait on each other in a cycle: ")
+    assert graph.stderr == (
+        "glow-dep: held jobs wait on each other in a cycle: a -> b -> a; they are "
+        "never released (delete some of them)\n"
+    )
