@@ -243,10 +243,18 @@ def _with_rules(jobs: list[tuple[str, Job]], rules: dict) -> list[tuple[str, Job
         return jobs
     hold = _hold()
     jobs = [(where, hold.apply_rules(job, rules)) for where, job in jobs]
+    waits_on = {tube: set(upstream) for tube, upstream in rules.items()}
     for where, job in jobs:
         problem = job.held and hold.holding_problem(job)
         if problem:
             raise JobInvalid(where, problem)
+        waits_on.setdefault(job.tube, set()).update(job.after)
+    cycle = hold.find_cycle({tube: sorted(up) for tube, up in waits_on.items()})
+    if cycle:
+        raise JobInvalid(
+            "the batch", f"its jobs would wait on each other forever: "
+            f"{' -> '.join(cycle)} (each tube waits on the next)",
+        )  # fmt: skip
     return jobs
 
 

@@ -513,3 +513,18 @@ def test_held_jobs_waiting_on_each_other_are_reported_as_a_cycle(beanstalkd, glo
         "glow-dep: held jobs wait on each other in a cycle: a -> b -> a; they are "
         "never released (delete some of them)\n"
     )
+
+
+def test_a_batch_whose_jobs_would_wait_on_each_other_is_refused(beanstalkd, client):
+    text = (
+        '{"cmd":"true","tube":"a","after":["b"]}\n'
+        '{"cmd":"true","tube":"b","after":["a"]}\n'
+    )
+
+    result = tool("glow-put", input=text)
+
+    assert (result.returncode, result.stdout) == (4, "")
+    assert result.stderr == (
+        "glow-put: the batch: its jobs would wait on each other forever: "
+        "a -> b -> a (each tube waits on the next)\n"
+    )
