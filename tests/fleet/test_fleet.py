@@ -270,3 +270,21 @@ def test_glow_stats_and_glow_drain_commands_reach_the_fleet(running):
     assert drained.returncode == 0, drained.stderr
     assert drained.stdout.startswith("deb13 restarted in ")
     assert "glow-drain: host deb13: restarted after " in drained.stderr
+
+
+def test_reload_sends_sighup_and_keeps_the_listener(running):
+    pid = "systemctl show -p MainPID --value glow-listen@main.service"
+    before = running.ssh("deb12", pid).stdout
+
+    done = running.ssh("deb12", "systemctl reload glow-listen@main.service")
+
+    assert done.returncode == 0, done.stderr
+    assert running.ssh("deb12", pid).stdout == before
+    assert running.unit_state("deb12") == "active"
+
+
+@pytest.mark.parametrize(("host", "private"), [("deb12", "yes"), ("deb13", "no")])
+def test_group_settings_differ_per_host(fleet, host, private):
+    done = fleet.ssh(host, "systemctl show -p PrivateDevices glow-listen@main.service")
+
+    assert done.stdout.strip() == f"PrivateDevices={private}"
