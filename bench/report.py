@@ -2,7 +2,7 @@
 
 import json
 import operator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 _COMPARE = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
 
@@ -18,7 +18,6 @@ class Figure:
     floor_name: str = ""
     goal: tuple[str, str, float] | None = None
     note: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:
