@@ -221,10 +221,7 @@ def _say_gone(gone: list[Record]) -> None:
 
 def _say_lost(lost: list[Record]) -> None:
     if lost:
-        log.warning(
-            "lost the lease of %d index record(s); another glow-dep has them",
-            len(lost),
-        )
+        log.info("another glow-dep acted first on %d index record(s)", len(lost))
 
 
 def _ids(ids) -> str:
