@@ -104,7 +104,7 @@ def put(
         raw = {"cmd": command[0], "args": command[1:]}
         jobs = [("the job", parse_job(raw, "the job", defaults))]
     elif sys.stdin.isatty():
-        raise JobInvalid("glow-put", "no command and no jobs on stdin (give one)")
+        raise JobInvalid("stdin", "is a terminal (give a command, or pipe jobs in)")
     else:
         jobs = read_jobs(sys.stdin.buffer.read(), defaults)
     jobs = _with_rules(jobs, _hold().load_rules(deps) if deps else {})
