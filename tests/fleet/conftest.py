@@ -1,3 +1,3 @@
 """Fixtures of the fleet tests; they live in fleet_support beside the helpers."""
 
-from fleet_support import fleet, running, testhosts  # noqa: F401 (fixtures)
+from fleet.fleet_support import fleet, running, testhosts  # noqa: F401 (fixtures)

@@ -7,7 +7,7 @@ import subprocess
 import uuid
 
 import pytest
-from fleet_support import JOBS_DIR, REPO, ansible_env, recap, tool_path, wait_for
+from fleet.fleet_support import JOBS_DIR, REPO, ansible_env, recap, tool_path, wait_for
 
 from glowtools import fleet_cli
 
@@ -288,3 +288,17 @@ def test_group_settings_differ_per_host(fleet, host, private):
     done = fleet.ssh(host, "systemctl show -p PrivateDevices glow-listen@main.service")
 
     assert done.stdout.strip() == f"PrivateDevices={private}"
+
+
+def test_new_secret_reaches_the_listeners_by_reload(running):
+    pid = "systemctl show -p MainPID --value glow-listen@main.service"
+    before = running.ssh("deb12", pid).stdout
+    with open(running.secret, "w") as secret:
+        secret.write(uuid.uuid4().hex + uuid.uuid4().hex)
+
+    done = running.playbook()
+
+    assert done.returncode == 0, done.stdout[-6000:]
+    assert running.ssh("deb12", pid).stdout == before
+    token = running.put_marker("work")
+    assert wait_for(lambda: running.marker_hosts([token])) == {token: "deb12"}
