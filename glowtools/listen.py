@@ -353,13 +353,21 @@ Opt = typer.Option
 
 @app.command()
 def listen(
-    tubes: Annotated[str, Opt(help="Only these tubes (globs), a,b.")] = "",
-    exclude: Annotated[str, Opt(help="Never these tubes (globs), a,b.")] = "",
+    tubes: Annotated[
+        str, Opt(metavar="TUBES", help="Only these tubes (globs), a,b.")
+    ] = "",
+    exclude: Annotated[
+        str, Opt(metavar="TUBES", help="Never these tubes (globs), a,b.")
+    ] = "",
     concurrency: Annotated[
-        int, Opt("--concurrency", "-c", min=1, help="Jobs at once.")
+        int, Opt("--concurrency", "-c", min=1, metavar="N", help="Jobs at once.")
     ] = 1,
-    limit: Annotated[list[str] | None, Opt(help="TUBE=N: at most N at once.")] = None,
-    log_file: Annotated[str | None, Opt("--log", help="Append log lines here.")] = None,
+    limit: Annotated[
+        list[str] | None, Opt(metavar="TUBE=N", help="At most N jobs of TUBE at once.")
+    ] = None,
+    log_file: Annotated[
+        str | None, Opt("--log", metavar="FILE", help="Append log lines here.")
+    ] = None,
     smtp: Annotated[
         str | None, Opt(metavar="HOST:PORT", help="Mail failures through this server.")
     ] = None,
