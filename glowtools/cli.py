@@ -5,7 +5,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -54,6 +54,8 @@ def app(help_text: str) -> typer.Typer:
 
 def run(command: typer.Typer | Callable, prog: str) -> NoReturn:
     """Runs a tool, turning expected errors into one line and an exit status."""
+    if isinstance(command, typer.Typer):
+        command = _lean(command)
     try:
         command(prog_name=prog)
     except GlowError as exc:
@@ -65,6 +67,61 @@ def run(command: typer.Typer | Callable, prog: str) -> NoReturn:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)
     sys.exit(0)
+
+
+def _lean(app: typer.Typer):
+    """Returns the app's command with typer's per-option coercion put off.
+
+    typer (from 0.16) builds a pydantic validator for every option it parses,
+    which doubled a single glow-put's start-up and cost a listener 7 MB;
+    options that arrive with their type (a string, a count, a whole number in
+    range, no value) need none. Older typers are left as they are.
+    """
+    command = typer.main.get_command(app)
+    every = command.get_params
+
+    def get_params(ctx) -> list:
+        params = every(ctx)  # with --help, made when first asked for
+        for param in params:
+            if getattr(param, "_runtime_param", False) is None:
+                param._runtime_param = _AsGiven(param.type_descriptor)
+        return params
+
+    command.get_params = get_params
+    return command
+
+
+class _AsGiven:
+    """Coerces one option: values of its type pass, others go to typer's own."""
+
+    def __init__(self, descriptor) -> None:
+        self.descriptor = descriptor
+        kind = descriptor.annotation
+        self.plain = kind in (str, int, bool) or kind == list[str]
+
+    def coerce(self, value: Any, param, ctx) -> Any:
+        if value is None:
+            return () if param.multiple or param.nargs == -1 else None
+        kind = self.descriptor.annotation
+        if self.plain and type(value) is kind:
+            return value
+        if self.plain and isinstance(value, tuple) and kind == list[str]:
+            if all(type(item) is str for item in value):
+                return list(value)
+        if kind is int and type(value) is str and self._in_range(value):
+            return int(value)
+        from typer._coercion import build_runtime_param
+
+        runtime = build_runtime_param(self.descriptor)
+        return runtime.coerce(value, param=param, ctx=ctx)
+
+    def _in_range(self, text: str) -> bool:
+        # Anything else (a sign, a clamp, out of range) gets typer's own words.
+        info = self.descriptor.parameter_info
+        if not text.isdecimal() or not text.isascii() or info.clamp:
+            return False
+        low, high = info.min, info.max
+        return (low is None or int(text) >= low) and (high is None or int(text) <= high)
 
 
 def fail(prog: str, exc: GlowError) -> NoReturn:
