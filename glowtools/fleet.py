@@ -10,6 +10,7 @@ import logging
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -20,11 +21,12 @@ from .errors import GlowError
 
 log = logging.getLogger(__name__)
 
-UNITS = "glow-listen@*.service"
+# Loaded listener units, and enabled ones: systemd unloads a stopped instance.
 SHOW_UNITS = (
     "[ -d /run/systemd/system ] || { echo 'systemd is not running' >&2; exit 1; }; "
     "{ systemctl show -p Id --value 'glow-listen@*.service'; "
-    "ls /etc/systemd/system/*.wants/ | grep '^glow-listen@.*[.]service$'; } "
+    "ls /etc/systemd/system/*.wants/ 2>/dev/null "
+    "| grep '^glow-listen@.*[.]service$'; } "
     "| sort -u | grep . "
     "| xargs -r systemctl show -p Id -p ActiveState -p SubState -p MainPID"
 )
@@ -239,7 +241,9 @@ def _merge_vars(groups: dict, hostvars: dict) -> dict:
 
 
 def _ansible_inventory(path: str) -> tuple[dict, dict]:
-    tool = shutil.which("ansible-inventory")
+    # A venv's ansible-inventory sits beside its python, on PATH or not.
+    beside = Path(sys.executable).with_name("ansible-inventory")
+    tool = shutil.which("ansible-inventory") or (beside.exists() and str(beside))
     if not tool:
         raise InventoryInvalid(
             path, "reading YAML needs ansible-inventory (ansible-core)"
@@ -248,9 +252,8 @@ def _ansible_inventory(path: str) -> tuple[dict, dict]:
         [tool, "-i", path, "--list"], capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
-        raise InventoryInvalid(
-            path, done.stderr.strip().splitlines()[-1:] or "unreadable"
-        )
+        lines = done.stderr.strip().splitlines() or ["ansible-inventory failed"]
+        raise InventoryInvalid(path, lines[-1])
     data = json.loads(done.stdout)
     hostvars = data.pop("_meta", {}).get("hostvars", {})
     return data, hostvars
@@ -268,17 +271,23 @@ class RemoteFailed(FleetError):
         super().__init__(f"{host}: {command!r} failed: {problem}")
 
 
+def require_fabric() -> None:
+    """Raises FleetError unless fabric (glowtools[fleet]) can be imported."""
+    try:
+        import fabric  # noqa: F401 (only checked for)
+    except ImportError:
+        raise FleetError(
+            "fabric is not installed (pip install 'glowtools[fleet]')"
+        ) from None
+
+
 def connect(host: Host, ssh_config: str | None = None):
     """Returns a fabric Connection to a host; user, port and key follow SSH config.
 
     ssh_config replaces ~/.ssh/config, like ssh -F. Does not connect yet.
     """
-    try:
-        from fabric import Config, Connection
-    except ImportError:
-        raise FleetError(
-            "fabric is not installed (pip install 'glowtools[fleet]')"
-        ) from None
+    from fabric import Config, Connection
+
     config = Config(runtime_ssh_path=ssh_config) if ssh_config else Config()
     return Connection(
         host.address or host.name,
@@ -307,10 +316,7 @@ def _run(conn, host: Host, command: str) -> str:
 
 
 def inspect(conn, host: Host) -> list[Unit]:
-    """Returns the listener units on a host with their command and running jobs.
-
-    Lists loaded units and enabled ones: systemd unloads a stopped instance.
-    """
+    """Returns the listener units on a host with their command and running jobs."""
     shown = _run(conn, host, f"sh -c {shlex.quote(SHOW_UNITS)}")
     units = [_unit_from(block) for block in shown.split("\n\n") if "Id=" in block]
     if any(unit.pid for unit in units):
@@ -424,8 +430,9 @@ def drain(
 
     Without restart the hosts drain in parallel; with restart they go one after
     another (a rolling restart), and a host that does not come back stops the roll:
-    the hosts after it are reported skipped.
+    the hosts after it are reported skipped. Raises FleetError without fabric.
     """
+    require_fabric()
     if restart:
         yield from _roll(hosts, deadline, ssh_config)
         return
@@ -462,6 +469,10 @@ def status_host(host: Host, ssh_config: str | None = None) -> dict:
 
 
 def status(hosts: list[Host], ssh_config: str | None = None) -> list[dict]:
-    """Returns status_host for every host, in the order given; runs in parallel."""
+    """Returns status_host for every host, in the order given; runs in parallel.
+
+    Raises FleetError without fabric.
+    """
+    require_fabric()
     with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
         return list(pool.map(lambda host: status_host(host, ssh_config), hosts))

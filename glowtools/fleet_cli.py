@@ -45,10 +45,13 @@ def drain_main(
         return _fail(prog, exc)
     ssh_config = ssh_config or os.environ.get(SSH_CONFIG_ENV)
     results = []
-    for result in fleet.drain(targets, deadline, restart, wait, ssh_config):
-        results.append(result)
-        text = json.dumps(result.as_dict()) if as_json else _drain_line(result)
-        print(text, file=out, flush=True)
+    try:
+        for result in fleet.drain(targets, deadline, restart, wait, ssh_config):
+            results.append(result)
+            text = json.dumps(result.as_dict()) if as_json else _drain_line(result)
+            print(text, file=out, flush=True)
+    except fleet.FleetError as exc:
+        return _fail(prog, exc)
     return _drain_status(results)
 
 
@@ -71,7 +74,10 @@ def status_main(
     except fleet.FleetError as exc:
         return _fail(prog, exc)
     ssh_config = ssh_config or os.environ.get(SSH_CONFIG_ENV)
-    reports = fleet.status(targets, ssh_config)
+    try:
+        reports = fleet.status(targets, ssh_config)
+    except fleet.FleetError as exc:
+        return _fail(prog, exc)
     for report in reports:
         lines = [json.dumps(report)] if as_json else _status_lines(report)
         print("\n".join(lines), file=out, flush=True)
@@ -87,7 +93,8 @@ def _drain_line(result: fleet.HostResult) -> str:
     jobs = f"{result.jobs} job{'s' if result.jobs != 1 else ''}"
     detail = {
         fleet.DRAINED: f"in {result.seconds:.1f} s",
-        fleet.RESTARTED: f"in {result.seconds:.1f} s",
+        fleet.RESTARTED: f"in {result.seconds:.1f} s"
+        + (f" ({jobs} killed and released)" if result.jobs else ""),
         fleet.RUNNING: f"{jobs} still running",
         fleet.TIMED_OUT: f"{jobs} killed and released after {result.seconds:.1f} s",
     }.get(result.state, result.detail)

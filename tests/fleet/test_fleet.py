@@ -7,8 +7,8 @@ import subprocess
 import uuid
 
 import pytest
-from fleet.fleet_support import JOBS_DIR, REPO, ansible_env, recap, tool_path, wait_for
 
+from fleet.fleet_support import JOBS_DIR, REPO, ansible_env, recap, tool_path, wait_for
 from glowtools import fleet_cli
 
 pytestmark = pytest.mark.fleet

@@ -113,3 +113,23 @@ def test_glow_put_and_glow_listen_do_not_load_fabric():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
 
     assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
+
+
+def test_yaml_inventory_is_read_through_ansible_inventory(tmp_path):
+    path = tmp_path / "inventory.yml"
+    path.write_text(
+        "all:\n"
+        "  children:\n"
+        "    glow_listeners:\n"
+        "      hosts:\n"
+        "        w1: {ansible_host: 10.0.0.11, ansible_port: 2200}\n"
+        "        w2:\n"
+        "      vars: {ansible_user: ops}\n"
+    )
+
+    hosts = fleet.resolve_hosts(inventory=str(path), group="glow_listeners")
+
+    assert hosts == [
+        fleet.Host("w1", "10.0.0.11", "ops", 2200),
+        fleet.Host("w2", "", "ops", None),
+    ]
