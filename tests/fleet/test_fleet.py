@@ -293,12 +293,14 @@ def test_group_settings_differ_per_host(fleet, host, private):
 def test_new_secret_reaches_the_listeners_by_reload(running):
     pid = "systemctl show -p MainPID --value glow-listen@main.service"
     before = running.ssh("deb12", pid).stdout
+    new_secret = uuid.uuid4().hex + uuid.uuid4().hex
     with open(running.secret, "w") as secret:
-        secret.write(uuid.uuid4().hex + uuid.uuid4().hex)
+        secret.write(new_secret)
 
-    done = running.playbook()
+    done = running.playbook("-v", "--diff")
 
     assert done.returncode == 0, done.stdout[-6000:]
+    assert new_secret not in done.stdout + done.stderr
     assert running.ssh("deb12", pid).stdout == before
     token = running.put_marker("work")
     assert wait_for(lambda: running.marker_hosts([token])) == {token: "deb12"}
