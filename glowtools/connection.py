@@ -2,6 +2,7 @@
 
 import os
 import socket
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 
@@ -18,8 +19,9 @@ from .defaults import (
 )
 from .errors import AddressInvalid, QueueUnreachable, ServerRefused
 
-# How many puts are sent before their answers are read. Large enough to hide the
-# round trip, small enough that neither side's socket buffer fills up.
+# How many puts go out in one write; two windows are in flight at most. Large
+# enough to hide the round trip, small enough that their answers fit the socket
+# buffer, so beanstalkd never waits for us to read.
 PIPELINE_WINDOW = 512
 
 
@@ -136,30 +138,35 @@ class Connection(greenstalk.Client):
         `progress`, if given, is called with the count put after each window.
         """
         ids: list[int] = []
+        in_flight: list[deque[bytes | None]] = []
         current = None
-        for start in range(0, len(puts), PIPELINE_WINDOW):
-            window = puts[start : start + PIPELINE_WINDOW]
-            before = len(ids)
-            wire, expect = [], []
-            for tube, body, pri, delay, ttr in window:
-                if tube != current:
-                    wire.append(b"use %s\r\n" % tube.encode())
-                    expect.append(False)
-                    current = tube
-                wire.append(b"put %d %d %d %d\r\n" % (pri, delay, ttr, len(body)))
-                wire.append(body + b"\r\n")
-                expect.append(True)
-            try:
+        try:
+            for start in range(0, len(puts), PIPELINE_WINDOW):
+                window = puts[start : start + PIPELINE_WINDOW]
+                wire, expect, current = _wire(window, current)
+                in_flight.append(expect)
                 with self._translated():
-                    self._sock.sendall(b"".join(wire))
-                    for is_put in expect:
-                        ids.extend(self._read_put_answer(is_put))
-            except Exception as exc:
-                unanswered = [put[1] for put in window[len(ids) - before :]]
-                raise PartialPut(ids, exc, unanswered) from exc
-            if progress:
-                progress(len(ids))
+                    self._sock.sendall(wire)
+                # The next window goes out before this one's answers are read,
+                # so beanstalkd always has puts to take while we read.
+                if len(in_flight) > 1:
+                    self._read_window(in_flight, ids, progress)
+            while in_flight:
+                self._read_window(in_flight, ids, progress)
+        except Exception as exc:
+            unanswered = [b for sent in in_flight for b in sent if b is not None]
+            raise PartialPut(ids, exc, unanswered) from exc
         return ids
+
+    def _read_window(self, in_flight: list, ids: list[int], progress) -> None:
+        expect = in_flight[0]
+        with self._translated():
+            while expect:
+                ids.extend(self._read_put_answer(expect[0] is not None))
+                expect.popleft()
+        in_flight.pop(0)
+        if progress:
+            progress(len(ids))
 
     def _read_put_answer(self, is_put: bool) -> list[int]:
         line = self._reader.readline()
@@ -173,6 +180,22 @@ class Connection(greenstalk.Client):
         raise ServerRefused(
             f"beanstalkd at {self.address} answered {line.strip().decode()!r} to a put"
         )
+
+
+def _wire(window: Sequence, current: str | None) -> tuple[bytes, deque, str | None]:
+    """Returns a window's commands, the body each answer is for (None for a
+    `use`), and the tube in use after it."""
+    wire, expect = [], deque()
+    for tube, body, pri, delay, ttr in window:
+        if tube != current:
+            wire.append(b"use %s\r\n" % tube.encode())
+            expect.append(None)
+            current = tube
+        wire.append(b"put %d %d %d %d\r\n" % (pri, delay, ttr, len(body)))
+        wire.append(body)
+        wire.append(b"\r\n")
+        expect.append(body)
+    return b"".join(wire), expect, current
 
 
 class PartialPut(Exception):

@@ -28,6 +28,9 @@ from .errors import JobInvalid
 
 _TUBE_RE = re.compile(r"[A-Za-z0-9+/;.$_()][A-Za-z0-9\-+/;.$_()]*")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ENV_NAMES_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\n[A-Za-z_][A-Za-z0-9_]*)*")
+_GOOD_NAMES: set[str] = set()
+_GOOD_NAMES_MAX = 10_000
 _SIZE_RE = re.compile(r"(\d+)\s*([KMGT]?)i?B?", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 LIMIT_NAMES = ("memory", "cpu_time", "nofile", "nproc", "nice")
@@ -63,11 +66,11 @@ class Job:
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the fields that differ from their defaults, `out` where it fits."""
-        data = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("cmd", "tube") or value != _default_of(f):
-                data[f.name] = value
+        data = {"cmd": self.cmd, "tube": self.tube}
+        own = self.__dict__
+        for name, default in _DEFAULTS.items():
+            if own[name] != default:
+                data[name] = own[name]
         if "stdout" in data and data.get("stdout") == data.get("stderr"):
             data["out"] = data.pop("stdout")
             del data["stderr"]
@@ -96,6 +99,12 @@ def _default_of(f) -> Any:
     return f.default_factory() if callable(f.default_factory) else f.default
 
 
+# Each optional field's default, looked up once: a batch encodes thousands of jobs.
+_DEFAULTS = {
+    f.name: _default_of(f) for f in fields(Job) if f.name not in ("cmd", "tube")
+}
+
+
 def parse_job(
     raw: Any, where: str = "job", defaults: Mapping[str, Any] | None = None
 ) -> Job:
@@ -105,12 +114,15 @@ def parse_job(
     """
     if not isinstance(raw, dict):
         raise JobInvalid(where, f"is a JSON {_json_type(raw)}, not an object")
-    data = dict(defaults or {})
-    if "out" in raw or "stdout" in raw or "stderr" in raw:
+    data = dict(defaults) if defaults else {}
+    if defaults and ("out" in raw or "stdout" in raw or "stderr" in raw):
         for name in ("out", "stdout", "stderr"):
             data.pop(name, None)
-    for key, value in raw.items():
-        data[ALIASES.get(key, key)] = value
+    if "User" in raw or "Env" in raw:
+        for key, value in raw.items():
+            data[ALIASES.get(key, key)] = value
+    else:
+        data.update(raw)
 
     values: dict[str, Any] = {}
     for name, value in data.items():
@@ -339,6 +351,8 @@ def _env(value: Any) -> dict[str, str]:
                 raise ValueError(f"holds {item!r}; write NAME=value")
             pairs.append((name, text))
     elif isinstance(value, dict):
+        if _plain_env(value):
+            return dict(value)
         pairs = list(value.items())
     elif value is None:
         return {}
@@ -350,6 +364,28 @@ def _env(value: Any) -> dict[str, str]:
             raise ValueError(f"has {name!r}, which is not a variable name")
         env[name] = _text(text) if isinstance(text, str) else _scalar(text)
     return env
+
+
+def _plain_env(env: dict) -> bool:
+    """Tells at C speed whether every name is a variable name and every value
+    ASCII text without NUL; anything else takes the checks that explain why."""
+    if not _GOOD_NAMES.issuperset(env) and not _good_names(env):
+        return False
+    try:
+        text = "".join(env.values())
+    except TypeError:
+        return False
+    return "\0" not in text and text.isascii()
+
+
+def _good_names(env: dict) -> bool:
+    # A batch's jobs mostly share their variables' names: each is checked once.
+    names = "\n".join(env)
+    if names.count("\n") != len(env) - 1 or not _ENV_NAMES_RE.fullmatch(names):
+        return False
+    if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
+        _GOOD_NAMES.update(env)
+    return True
 
 
 def _user(value: Any) -> str | None:

@@ -144,7 +144,7 @@ def test_a_body_over_the_servers_limit_is_refused_before_anything_is_put(
 
     assert result.returncode == 4
     assert result.stderr == (
-        f"glow-put: job 2 on line 2: is 2,037 bytes; the server at {server.address} "
+        f"glow-put: job 2 on line 2: is 2,042 bytes; the server at {server.address} "
         "takes at most 1,000 (start beanstalkd with a larger -z)\n"
     )
     with server.client() as conn:
@@ -184,4 +184,21 @@ def test_a_silent_server_times_out_instead_of_hanging(monkeypatch):
     assert result.stderr == (
         f"glow-put: beanstalkd at {address}: stopped answering (timed out) "
         "(start beanstalkd there, or point GLOW_QUEUE or --queue at a running one)\n"
+    )
+
+
+def test_a_line_that_needs_no_change_is_put_as_written(beanstalkd, client):
+    as_written = '{"tube": "t", "cmd": "env", "env": {"B": "2", "A": "1"}}'
+    relative = '{"tube": "t", "cmd": "ls", "out": "log.txt", "pri": "7"}'
+
+    result = tool("glow-put", input=f"{as_written}\n{relative}\n")
+
+    assert result.returncode == 0, result.stderr
+    first, second = map(int, result.stdout.split())
+    assert client.peek(first).body == as_written.encode()
+    body = client.peek(second).body
+    assert json.loads(body)["pri"] == 7
+    assert (
+        body
+        == json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
     )
