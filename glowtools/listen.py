@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Annotated
@@ -16,6 +17,7 @@ import typer
 from . import cli
 from .connection import Connection, connect, parse_address, queue_address
 from .defaults import (
+    DEFAULT_WORKDIR,
     ERROR_TTR,
     ERROR_TUBE,
     MAX_DELAY,
@@ -188,7 +190,15 @@ class Slot(threading.Thread):
             if self.listener.host:
                 self.listener.host.sweep()
             return
-        self._handle(reserved)
+        try:
+            self._handle_job(reserved)
+        except QueueUnreachable:
+            raise
+        except Exception:
+            # A bug must not stop the listener, nor make it reserve the same
+            # job over and over: the job is buried with the traceback's gist.
+            log.exception("job %d: the listener failed while handling it", reserved.id)
+            self._reject(reserved, f"listener error: {sys.exc_info()[1]!r}")
 
     def _sync_watches(self) -> None:
         # A connection always watches at least one tube; an internal one stands
@@ -208,7 +218,8 @@ class Slot(threading.Thread):
                 pass
             self.conn = None
 
-    def _handle(self, reserved: greenstalk.Job) -> None:
+    # Not `_handle`: Python 3.13's Thread keeps its own attribute of that name.
+    def _handle_job(self, reserved: greenstalk.Job) -> None:
         try:
             job = open_body(reserved.body, self.listener.secrets)
         except JobInvalid as exc:
@@ -229,11 +240,13 @@ class Slot(threading.Thread):
     def _run(self, reserved: greenstalk.Job, job: Job) -> Outcome:
         run = Run(job, reserved.id, self.listener.base_env, self.listener.host)
         run.outcome.attempt = attempt = self._attempt(reserved, job)
+        started = run.start()
+        # Said once the command is spawned: the line is written while it starts.
         of = f" (attempt {attempt} of {job.retries + 1})" if job.retries else ""
         log.info(
             "job %d (tube %s) running%s: %s", reserved.id, job.tube, of, job.describe()
         )
-        if not run.start():
+        if not started:
             return run.outcome
         self.listener.runs[reserved.id] = run
         try:
@@ -404,7 +417,9 @@ def listen(
     parse_address(address)
     chooser = TubeChooser(_split(tubes), _split(exclude), _caps(limit or []))
     listener = Listener(address, chooser, concurrency)
-    listener.secrets = _secrets(secret_file or [])
+    secret_file = [path.absolute() for path in secret_file or []]
+    listener.secrets = _secrets(secret_file)
+    _enter_workdir()
     signal.signal(signal.SIGINT, lambda *_: listener.stop())
     signal.signal(signal.SIGTERM, lambda *_: listener.terminate())
     signal.signal(signal.SIGHUP, lambda *_: _on_hangup(handler, listener, secret_file))
@@ -420,6 +435,17 @@ def listen(
         listener.host.close()
         if listener.mailer:
             listener.mailer.close()
+
+
+def _enter_workdir() -> None:
+    # Jobs in the default workdir can then be spawned without a chdir, the
+    # cheaper way (runner.Run); the listener opens no relative path after this.
+    try:
+        os.chdir(DEFAULT_WORKDIR)
+    except OSError as exc:
+        log.warning(
+            "listener %d: cannot enter %s (%s)", os.getpid(), DEFAULT_WORKDIR, exc
+        )
 
 
 def _host(allowed: list[str], cgroups: bool) -> Host:
