@@ -75,6 +75,10 @@ PRIVATE_ENV_PREFIX = "GLOW_SMTP_"
 # Tubes that carry glowtools' own state next to a user's tube (name + tube).
 PAUSED_PREFIX = "GLOW_PAUSED."
 LISTENER_PREFIX = "GLOW_LISTENER."
+# A job in GLOW_WAKE.<host>.<pid>, which every slot of that listener watches, ends
+# an idle slot's wait so that it watches a tube that appeared; looked for this often.
+WAKE_PREFIX = "GLOW_WAKE."
+WAKE_CHECK = 0.25
 # A listener replaces its status job in its GLOW_LISTENER tube at most this often.
 PRESENCE_INTERVAL = 1.0
 # glow-drain pauses a tube this long and renews the pause while it drains.

@@ -1,5 +1,6 @@
 """glow-listen: reserves jobs from beanstalkd tubes and runs them."""
 
+import contextlib
 import fnmatch
 import json
 import logging
@@ -24,6 +25,7 @@ from .defaults import (
     PRIVATE_ENV_PREFIX,
     RESERVE_WAIT,
     TUBE_REFRESH,
+    WAKE_CHECK,
     is_internal_tube,
 )
 from .errors import ConfigInvalid, JobInvalid, QueueUnreachable
@@ -31,7 +33,7 @@ from .isolation import Host
 from .job import Job
 from .mail import Mailer, mail_settings
 from .paused import paused_in
-from .presence import Presence, listener_status
+from .presence import Presence, delete_ready, listener_status, wake_tube
 from .runner import Outcome, Run
 from .sign import Secret, load_secrets, open_body
 
@@ -55,12 +57,19 @@ class TubeChooser:
 
     def wanted(self, conn: Connection) -> frozenset[str]:
         """Returns the tubes to watch now, asking the server at most twice a second."""
+        if time.monotonic() - self._checked > TUBE_REFRESH:
+            self.refresh(conn)
         with self._lock:
-            if time.monotonic() - self._checked > TUBE_REFRESH:
-                self._known = self._choose(conn.tubes())
-                self._checked = time.monotonic()
             full = {t for t, n in self.running.items() if n >= self.caps.get(t, n + 1)}
             return self._known - full
+
+    def refresh(self, conn: Connection) -> frozenset[str]:
+        """Looks at the server's tubes now; returns the chosen ones that are new."""
+        chosen = self._choose(conn.tubes())
+        with self._lock:
+            added = chosen - self._known
+            self._known, self._checked = chosen, time.monotonic()
+        return added
 
     @property
     def known(self) -> frozenset[str]:
@@ -117,6 +126,7 @@ class Listener:
         self.base_env = {
             k: v for k, v in os.environ.items() if not k.startswith(PRIVATE_ENV_PREFIX)
         }
+        self.wake_tube = wake_tube(HOST, os.getpid())
         self.host: Host | None = None
         self.mailer: Mailer | None = None
         # With secrets, only jobs signed with one of them run (sign.open_body).
@@ -127,6 +137,8 @@ class Listener:
         slots = [Slot(self, n) for n in range(self.concurrency)]
         presence = Presence(self.address, lambda: listener_status(self))
         presence.start()
+        waker = Waker(self)
+        waker.start()
         for slot in slots:
             slot.start()
         log.info(
@@ -137,6 +149,7 @@ class Listener:
             while slot.is_alive():
                 slot.join(0.2)
         presence.stop()
+        waker.join(WAKE_CHECK + 5)
         log.info("listener %d stopped", os.getpid())
 
     def stop(self) -> None:
@@ -190,6 +203,9 @@ class Slot(threading.Thread):
             if self.listener.host:
                 self.listener.host.sweep()
             return
+        if reserved.body == self.listener.wake_tube.encode():
+            self._woken(reserved)
+            return
         try:
             self._handle_job(reserved)
         except QueueUnreachable:
@@ -200,10 +216,17 @@ class Slot(threading.Thread):
             log.exception("job %d: the listener failed while handling it", reserved.id)
             self._reject(reserved, f"listener error: {sys.exc_info()[1]!r}")
 
+    def _woken(self, reserved: greenstalk.Job) -> None:
+        # The next _sync_watches sees the new tube: the Waker has refreshed it.
+        log.debug("%s woken to watch a new tube", self.name)
+        with contextlib.suppress(greenstalk.NotFoundError):
+            self.conn.delete(reserved)
+
     def _sync_watches(self) -> None:
-        # A connection always watches at least one tube; an internal one stands
-        # in when nothing is wanted, so that reserve waits instead of failing.
-        wanted = set(self.listener.chooser.wanted(self.conn)) or {"GLOW_IDLE"}
+        # The wake tube is always watched, which also keeps a connection with
+        # nothing wanted waiting in reserve instead of failing.
+        wanted = set(self.listener.chooser.wanted(self.conn))
+        wanted.add(self.listener.wake_tube)
         for tube in wanted - self.watching:
             self.conn.watch(tube)
         for tube in self.watching - wanted:
@@ -330,6 +353,53 @@ class Slot(threading.Thread):
 
     def _report(self, report: dict) -> None:
         self.conn.put(json.dumps(report).encode(), ttr=ERROR_TTR)
+
+
+class Waker(threading.Thread):
+    """Wakes an idle slot when a tube it should watch appears.
+
+    A slot waits in reserve-with-timeout for whole seconds and takes no `watch`
+    meanwhile; a job in the listener's wake tube, which every slot watches, ends
+    the wait at once. Costs a list-tubes every WAKE_CHECK seconds.
+    """
+
+    def __init__(self, listener: Listener) -> None:
+        super().__init__(name="waker", daemon=True)
+        self.listener = listener
+        self.conn: Connection | None = None
+
+    def run(self) -> None:
+        while not self.listener.stopping.wait(WAKE_CHECK):
+            try:
+                self._check()
+            except (QueueUnreachable, greenstalk.Error) as exc:
+                log.debug("waker on %s: %s", self.listener.address, exc)
+                self._close()
+        self._close()
+
+    def _check(self) -> None:
+        tube = self.listener.wake_tube
+        if self.conn is None:
+            self.conn = connect(self.listener.address, use=tube)
+        if not self.listener.chooser.refresh(self.conn):
+            return
+        # One waiting wake job is enough: a slot that takes it sees every tube.
+        if _ready_in(self.conn, tube) == 0:
+            self.conn.put(tube.encode(), priority=0, ttr=ERROR_TTR)
+
+    def _close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(OSError, QueueUnreachable, greenstalk.Error):
+                delete_ready(self.conn)  # untaken wake jobs: the tube goes too
+                self.conn.close()
+            self.conn = None
+
+
+def _ready_in(conn: Connection, tube: str) -> int:
+    try:
+        return conn.stats_tube(tube)["current-jobs-ready"]
+    except greenstalk.NotFoundError:
+        return 0
 
 
 def _attempt_of(job: Job, outcome: Outcome) -> str:

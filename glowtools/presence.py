@@ -17,7 +17,7 @@ from collections.abc import Callable
 import greenstalk
 
 from .connection import Connection, connect
-from .defaults import LISTENER_PREFIX, MAX_TUBE_NAME, PRESENCE_INTERVAL
+from .defaults import LISTENER_PREFIX, MAX_TUBE_NAME, PRESENCE_INTERVAL, WAKE_PREFIX
 from .errors import GlowError, QueueUnreachable
 
 log = logging.getLogger("glowtools.presence")
@@ -25,11 +25,16 @@ CMD_MAX = 200
 STATUS_TTR = 3600
 
 
-def status_tube(host: str, pid: int) -> str:
+def status_tube(host: str, pid: int, prefix: str = LISTENER_PREFIX) -> str:
     """Returns the tube a listener on `host` with process id `pid` watches."""
     safe = re.sub(r"[^A-Za-z0-9\-+;.$_()]", "_", host)
-    room = MAX_TUBE_NAME - len(LISTENER_PREFIX) - len(str(pid)) - 1
-    return f"{LISTENER_PREFIX}{safe[:room]}.{pid}"
+    room = MAX_TUBE_NAME - len(prefix) - len(str(pid)) - 1
+    return f"{prefix}{safe[:room]}.{pid}"
+
+
+def wake_tube(host: str, pid: int) -> str:
+    """Returns the tube whose jobs wake the idle slots of a listener."""
+    return status_tube(host, pid, WAKE_PREFIX)
 
 
 class Presence(threading.Thread):
@@ -152,7 +157,7 @@ def read_listeners(conn: Connection) -> list[dict]:
             continue
         conn.use(tube)
         if watching == 0:
-            _delete_all_ready(conn)
+            delete_ready(conn)
             continue
         found.append(_status_in(conn, tube))
     return found
@@ -167,7 +172,8 @@ def _status_in(conn: Connection, tube: str) -> dict:
     return {**status, "tube": tube}
 
 
-def _delete_all_ready(conn: Connection) -> None:
+def delete_ready(conn: Connection) -> None:
+    """Deletes every ready job of the tube `conn` uses."""
     while True:
         try:
             conn.delete(conn.peek_ready())

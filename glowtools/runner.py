@@ -3,6 +3,7 @@
 The listener decides when a job runs; this module decides how.
 """
 
+import contextlib
 import os
 import select
 import selectors
@@ -16,6 +17,8 @@ from .isolation import Confinement, Host, Refused, acting_as
 from .job import Job
 
 _READ_SIZE = 65536
+# Python ignores these; a command expects them as they are by default.
+_DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 @dataclass
@@ -86,10 +89,10 @@ class Run:
         self.host = host
         self.confinement: Confinement | None = None
         self.outcome = Outcome()
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | _Spawned | None = None
         self._deadline = None
         self._killed_for: str | None = None
-        self._selector = selectors.DefaultSelector()
+        self._selector = selectors.PollSelector()
         self._sinks: dict[int, tuple[int, _Tail]] = {}
         self._files: list[int] = []
 
@@ -131,7 +134,7 @@ class Run:
                 self._files.append(opened[path])
         self._paths = opened
 
-    def _spawn(self) -> subprocess.Popen:
+    def _spawn(self) -> "subprocess.Popen | _Spawned":
         job = self.job
         env = dict(self.base_env)
         preexec = None
@@ -142,7 +145,10 @@ class Run:
         env["GLOW_JOB_ID"] = str(self.job_id)
         env["GLOW_TUBE"] = job.tube
         try:
-            proc = self._popen(env, preexec)
+            if preexec is None and self._spawnable():
+                proc = self._posix_spawn(env)
+            else:
+                proc = self._popen(env, preexec)
         finally:
             if self.confinement:
                 self.confinement.started()
@@ -154,10 +160,38 @@ class Run:
         self._tails.append(self._sinks[proc.stderr.fileno()][1])
         return proc
 
+    def _spawnable(self) -> bool:
+        # posix_spawn takes under half of Popen's work but cannot chdir or run
+        # a preexec, and searches the listener's PATH, not the job's.
+        return self.job.workdir == os.getcwd() and "PATH" not in self.job.env
+
+    def _posix_spawn(self, env: dict[str, str]) -> "_Spawned":
+        job = self.job
+        out, err = os.pipe(), os.pipe()
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, out[1], 1),
+            (os.POSIX_SPAWN_DUP2, err[1], 2),
+        ]
+        try:
+            with self._spawn_errors():
+                pid = os.posix_spawnp(
+                    job.cmd, [job.cmd, *job.args], env, file_actions=actions,
+                    setsid=True, setsigdef=_DEFAULT_SIGNALS,
+                )  # fmt: skip
+        except _SpawnError:
+            os.close(out[0])
+            os.close(err[0])
+            raise
+        finally:
+            os.close(out[1])
+            os.close(err[1])
+        return _Spawned(pid, open(out[0], "rb", 0), open(err[0], "rb", 0))
+
     def _popen(self, env: dict[str, str], preexec) -> subprocess.Popen:
         job = self.job
-        try:
-            proc = subprocess.Popen(
+        with self._spawn_errors():
+            return subprocess.Popen(
                 [job.cmd, *job.args],
                 cwd=job.workdir,
                 env=env,
@@ -167,6 +201,12 @@ class Run:
                 start_new_session=True,
                 preexec_fn=preexec,
             )
+
+    @contextlib.contextmanager
+    def _spawn_errors(self):
+        job = self.job
+        try:
+            yield
         except FileNotFoundError:
             raise _SpawnError(f"command {job.cmd!r} not found") from None
         except PermissionError:
@@ -178,7 +218,6 @@ class Run:
         except subprocess.SubprocessError as exc:
             problem = f"cannot apply the job's limits or user ({exc})"
             raise _SpawnError(problem) from None
-        return proc
 
     def _blocked(self) -> str:
         nproc = self.job.limits.get("nproc")
@@ -288,6 +327,36 @@ class Run:
         for fd in self._files:
             os.close(fd)
         self._files = []
+
+
+class _Spawned:
+    """A command started with posix_spawn, as much of a Popen as a Run uses."""
+
+    def __init__(self, pid: int, stdout, stderr) -> None:
+        self.pid = pid
+        self.stdout = stdout
+        self.stderr = stderr
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """Returns the exit status once the command has ended, else None."""
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 0  # reaped elsewhere, as Popen assumes
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> int:
+        """Returns the exit status; raises TimeoutExpired after `timeout` seconds."""
+        until = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() >= until:
+                raise subprocess.TimeoutExpired(self.pid, timeout)
+            time.sleep(0.0005)
+        return self.returncode
 
 
 class _SpawnError(Exception):

@@ -187,6 +187,24 @@ def test_a_new_tube_is_picked_up_without_restart(listen, client):
     wait_for(lambda: gone(client, job_id), timeout=10)
 
 
+def test_a_new_tube_wakes_an_idle_slot_and_wake_jobs_never_fail(listen, client):
+    listener = listen("-c", "2")
+    pid = listener.proc.pid
+    for n in range(3):
+        time.sleep(0.3)
+        job_id = put("-t", f"woken-{n}", "--", "true")
+        listener.wait_log(f"job {job_id} (tube woken-{n}) completed")
+
+    listener.wait_log("woken to watch a new tube")
+    assert " failed" not in listener.log and "rejected" not in listener.log
+    assert client.stats_tube("GLOW_ERRORS")["total-jobs"] == 0
+    wake = [t for t in client.tubes() if t.startswith("GLOW_WAKE.")]
+    assert wake and wake[0].endswith(f".{pid}")
+    assert client.stats_tube(wake[0])["current-jobs-buried"] == 0
+    assert listener.stop() == 0
+    wait_for(lambda: wake[0] not in client.tubes(), what="the wake tube to go")
+
+
 def test_concurrency_runs_jobs_at_the_same_time(listen, client, tmp_path):
     listen("--concurrency", "2")
     a, b = tmp_path / "a", tmp_path / "b"
