@@ -7,21 +7,8 @@ import time
 
 import greenstalk
 import pytest
-from conftest import error_reports, tool, wait_for
-
-
-def put(*args: str) -> int:
-    result = tool("glow-put", *args)
-    assert result.returncode == 0, result.stderr
-    return int(result.stdout)
-
-
-def gone(client, job_id: int) -> bool:
-    try:
-        client.stats_job(job_id)
-    except greenstalk.NotFoundError:
-        return True
-    return False
+from conftest import error_reports, wait_for
+from support import gone, put
 
 
 def state(client, job_id: int) -> str:
