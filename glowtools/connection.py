@@ -4,7 +4,6 @@ import os
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
 
 import greenstalk
 
@@ -105,6 +104,7 @@ class Connection(greenstalk.Client):
 
     def __init__(self, address: str, sock: socket.socket, use, watch) -> None:
         self.address = address
+        self._translating = _Translated(address)
         try:
             super().__init__(sock, encoding=None, use=use, watch=watch)
         except Exception:
@@ -119,8 +119,8 @@ class Connection(greenstalk.Client):
         with self._translated():
             return super()._read_chunk(size)
 
-    def _translated(self):
-        return _translated(self.address)
+    def _translated(self) -> "_Translated":
+        return self._translating
 
     def max_job_size(self) -> int:
         """Returns the largest body the server accepts, in bytes."""
@@ -168,6 +168,38 @@ class Connection(greenstalk.Client):
         if progress:
             progress(len(ids))
 
+    def delete_then_reserve(
+        self, job_id: int, timeout: int
+    ) -> tuple[bool, greenstalk.Job | None]:
+        """Deletes a job and reserves the next in one round trip; blocks.
+
+        Returns whether the delete found the job, and the job reserved, None if
+        none came within `timeout` seconds or a reserved one's deadline is near.
+        """
+        with self._translated():
+            cmds = b"delete %d\r\nreserve-with-timeout %d\r\n" % (job_id, timeout)
+            self._sock.sendall(cmds)
+            deleted = self._answer(b"delete", (b"DELETED", b"NOT_FOUND"))
+            reserved = self._answer(
+                b"reserve", (b"RESERVED", b"TIMED_OUT", b"DEADLINE_SOON")
+            )
+            if reserved[0] != b"RESERVED":
+                return deleted[0] == b"DELETED", None
+            body = self._read_chunk(int(reserved[2]))
+        return deleted[0] == b"DELETED", greenstalk.Job(int(reserved[1]), body)
+
+    def _answer(self, command: bytes, words: tuple[bytes, ...]) -> list[bytes]:
+        line = self._reader.readline()
+        if not line:
+            raise ConnectionResetError("closed the connection")
+        answer = line.split()
+        if not answer or answer[0] not in words:
+            raise ServerRefused(
+                f"beanstalkd at {self.address} answered {line.strip().decode()!r} "
+                f"to a {command.decode()}"
+            )
+        return answer
+
     def _read_put_answer(self, is_put: bool) -> list[int]:
         line = self._reader.readline()
         if not line:
@@ -214,10 +246,18 @@ class PartialPut(Exception):
         super().__init__(str(cause))
 
 
-@contextmanager
-def _translated(address: str):
-    """Turns socket failures and a closed connection into QueueUnreachable."""
-    try:
-        yield
-    except OSError as exc:
-        raise QueueUnreachable(address, _describe(exc)) from exc
+class _Translated:
+    """Turns socket failures and a closed connection into QueueUnreachable.
+
+    A class, not a generator: a listener enters one for every command.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, trace) -> None:
+        if isinstance(exc, OSError):
+            raise QueueUnreachable(self.address, _describe(exc)) from exc

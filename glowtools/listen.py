@@ -177,6 +177,8 @@ class Slot(threading.Thread):
         self.listener = listener
         self.conn: Connection | None = None
         self.watching: set[str] = {"default"}
+        # A completed job whose delete goes out with the next reserve.
+        self.done: tuple[int, str] | None = None
 
     def run(self) -> None:
         backoff = 0.5
@@ -189,6 +191,8 @@ class Slot(threading.Thread):
                 log.warning("%s; retrying in %.1f s", exc, backoff)
                 self.listener.stopping.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
+        with contextlib.suppress(QueueUnreachable):
+            self._delete_done()
         self._drop_connection()
 
     def _serve_one(self) -> None:
@@ -197,9 +201,8 @@ class Slot(threading.Thread):
             self.watching = {"default"}
             log.debug("%s connected to %s", self.name, self.listener.address)
         self._sync_watches()
-        try:
-            reserved = self.conn.reserve(timeout=RESERVE_WAIT)
-        except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
+        reserved = self._reserve()
+        if reserved is None:
             if self.listener.host:
                 self.listener.host.sweep()
             return
@@ -215,6 +218,28 @@ class Slot(threading.Thread):
             # job over and over: the job is buried with the traceback's gist.
             log.exception("job %d: the listener failed while handling it", reserved.id)
             self._reject(reserved, f"listener error: {sys.exc_info()[1]!r}")
+
+    def _reserve(self) -> greenstalk.Job | None:
+        """Reserves the next job, None if none came; deletes a completed one
+        in the same round trip."""
+        if self.done is None:
+            try:
+                return self.conn.reserve(timeout=RESERVE_WAIT)
+            except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
+                return None
+        (job_id, name), self.done = self.done, None
+        deleted, reserved = self.conn.delete_then_reserve(job_id, RESERVE_WAIT)
+        if not deleted:
+            log.warning("%s ended but its reservation was lost; it may run again", name)
+        return reserved
+
+    def _delete_done(self) -> None:
+        if self.done is not None and self.conn is not None:
+            (job_id, name), self.done = self.done, None
+            try:
+                self.conn.delete(job_id)
+            except greenstalk.NotFoundError:
+                log.warning("%s ended but its reservation was lost", name)
 
     def _woken(self, reserved: greenstalk.Job) -> None:
         # The next _sync_watches sees the new tube: the Waker has refreshed it.
@@ -234,6 +259,12 @@ class Slot(threading.Thread):
         self.watching = wanted
 
     def _drop_connection(self) -> None:
+        if self.done is not None:
+            name = self.done[1]
+            log.warning(
+                "%s: the connection went before its delete; it may run again", name
+            )
+            self.done = None
         if self.conn is not None:
             try:
                 self.conn.close()
@@ -301,7 +332,7 @@ class Slot(threading.Thread):
         name = f"job {reserved.id} (tube {job.tube})"
         try:
             if outcome.ok:
-                self.conn.delete(reserved)
+                self.done = (reserved.id, name)
                 log.info("%s completed in %.2f s", name, outcome.duration)
             elif self.listener.terminating.is_set():
                 self.conn.release(reserved, priority=job.pri)

@@ -394,10 +394,13 @@ def _check_workdir(path: str) -> None:
 
 
 def _open_append(path: str, name: str) -> int:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
     try:
-        os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        return os.open(path, flags, 0o644)
+        try:
+            return os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
+            return os.open(path, flags, 0o644)
     except OSError as exc:
         raise _SpawnError(f"cannot open {name} file {path}: {exc.strerror}") from None
 
