@@ -158,7 +158,7 @@ def parse_body(body: bytes) -> Job:
     A signature (`kid`, `sig`) is left out unchecked: sign.verify checks it.
     """
     raw = load_body(body)
-    if isinstance(raw, dict):
+    if isinstance(raw, dict) and ("kid" in raw or "sig" in raw):
         raw = {k: v for k, v in raw.items() if k not in SIGNATURE_FIELDS}
     return parse_job(raw, "body")
 
