@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PATH_FIELDS = ("workdir", "out", "stdout", "stderr")
 PROGRESS_FROM = 2000
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # what json.loads runs in C
 # Variables --export leaves out: credentials, and what only means something here.
 _PRIVATE_WORDS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "KEY", "AUTH")
 _LOCAL_NAMES = {"_", "PWD", "OLDPWD", "SHLVL", "TERM", "DISPLAY", "SSH_AUTH_SOCK"}
@@ -112,11 +113,11 @@ def put(
     jobs = _with_rules(jobs, _hold().load_rules(deps) if deps else {})
 
     ids = put_jobs(queue, jobs, secret, given)
+    if not json_out:
+        sys.stdout.write("".join(f"{job_id}\n" for job_id in ids))
+        return
     for (_, job), job_id in zip(jobs, ids, strict=True):
-        if json_out:
-            print(json.dumps({"id": job_id, "tube": job.tube, "cmd": job.describe()}))
-        else:
-            print(job_id)
+        print(json.dumps({"id": job_id, "tube": job.tube, "cmd": job.describe()}))
 
 
 def _load_secret(path) -> "Secret":
@@ -231,17 +232,27 @@ def _read_lines(text: str, data: bytes, defaults: dict[str, Any]):
     # A newline is one byte in UTF-8, so the text's lines and the bytes' match.
     lines = zip(text.split("\n"), data.split(b"\n"), strict=True)
     for lineno, (line, wire) in enumerate(lines, 1):
-        if not line.strip():
+        if not line or line.isspace():
             continue
         where = f"job {len(jobs) + 1} on line {lineno}"
         try:
-            raw = json.loads(line)
+            raw = _loads(line)
         except (ValueError, RecursionError) as exc:
             problem = f"is not JSON ({_problem(exc, line_too=False)})"
             raise JobInvalid(where, problem) from None
         jobs.append(_parse(raw, where, defaults))
-        given.append((raw, wire.strip()))
+        given.append((raw, wire.strip() if wire[-1:].isspace() else wire))
     return jobs, given
+
+
+def _loads(line: str) -> Any:
+    """json.loads for a line that is exactly one value, without its whitespace
+    passes; anything else goes to json.loads, for its words."""
+    try:
+        value, end = _scan(line, 0)
+    except (StopIteration, ValueError):
+        return json.loads(line)
+    return value if end == len(line) else json.loads(line)
 
 
 def _problem(exc: Exception, line_too: bool = True) -> str:
