@@ -1,16 +1,21 @@
 """What every tool's command line shares: options, logging and exit statuses."""
 
-import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from .defaults import DEFAULT_QUEUE, QUEUE_ENV, SECRET_ENV
 from .errors import GlowError
+
+if TYPE_CHECKING:
+    import logging
+
+# logging.WARNING, named here so that importing this module needs no logging.
+WARNING = 30
 
 Queue = Annotated[
     str | None,
@@ -131,6 +136,8 @@ def fail(prog: str, exc: GlowError) -> NoReturn:
 
 
 def _skip_unused_record_fields() -> None:
+    import logging
+
     # Lines show only the time and the message; looking up the caller, thread
     # and process for each record cost a listener a tenth of a job's CPU.
     logging._srcfile = None  # the switch the logging HOWTO documents for this
@@ -141,14 +148,16 @@ def setup_logging(
     prog: str,
     verbose: int = 0,
     quiet: bool = False,
-    base: int = logging.WARNING,
+    base: int = WARNING,
     stamp: bool = True,
-) -> logging.Handler:
+) -> "logging.Handler":
     """Sends log lines to stderr, timestamped unless journald adds its own.
 
     Each -v lowers the level one step below `base`; -q raises it to warnings.
     `stamp=False` leaves timestamps out (a one-shot tool's notices).
     """
+    import logging  # here: a single glow-put that says nothing never needs it
+
     steps = [logging.WARNING, logging.INFO, logging.DEBUG]
     level = steps[min(steps.index(base) + verbose, 2)]
     when = "%(asctime)s " if stamp and not os.environ.get("JOURNAL_STREAM") else ""

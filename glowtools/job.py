@@ -6,7 +6,6 @@ they are: numbers given as strings, `args` as one string, `out`, `User`, `Env`.
 
 import json
 import re
-import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -27,11 +26,12 @@ from .defaults import (
 from .errors import JobInvalid
 
 _TUBE_RE = re.compile(r"[A-Za-z0-9+/;.$_()][A-Za-z0-9\-+/;.$_()]*")
-_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ENV_NAMES_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\n[A-Za-z_][A-Za-z0-9_]*)*")
+# Used through re's own cache, so that a single put compiles only what it uses.
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_ENV_NAMES = rf"{_ENV_NAME}(?:\n{_ENV_NAME})*"
 _GOOD_NAMES: set[str] = set()
 _GOOD_NAMES_MAX = 10_000
-_SIZE_RE = re.compile(r"(\d+)\s*([KMGT]?)i?B?", re.IGNORECASE)
+_SIZE = r"(\d+)\s*([KMGT]?)i?B?"
 _SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 LIMIT_NAMES = ("memory", "cpu_time", "nofile", "nproc", "nice")
 # Keys the Go glow wrote with capitals (its struct had no json tags for them).
@@ -87,6 +87,8 @@ class Job:
 
     def describe(self) -> str:
         """Returns the command line for logs: `cmd arg...`, quoted as a shell would."""
+        import shlex  # only for --json and log lines: a single put has neither
+
         return shlex.join([self.cmd, *self.args])
 
 
@@ -276,6 +278,8 @@ def _boolean(value: Any) -> bool:
 def _args(value: Any) -> list[str]:
     if isinstance(value, str):
         try:
+            import shlex
+
             return shlex.split(value)
         except ValueError as exc:
             raise ValueError(f"cannot be split into words ({exc})") from None
@@ -360,7 +364,7 @@ def _env(value: Any) -> dict[str, str]:
         raise ValueError(f"must be an object of strings, not {_a_json(value)}")
     env = {}
     for name, text in pairs:
-        if not _ENV_NAME_RE.fullmatch(name):
+        if not re.fullmatch(_ENV_NAME, name):
             raise ValueError(f"has {name!r}, which is not a variable name")
         env[name] = _text(text) if isinstance(text, str) else _scalar(text)
     return env
@@ -381,7 +385,7 @@ def _plain_env(env: dict) -> bool:
 def _good_names(env: dict) -> bool:
     # A batch's jobs mostly share their variables' names: each is checked once.
     names = "\n".join(env)
-    if names.count("\n") != len(env) - 1 or not _ENV_NAMES_RE.fullmatch(names):
+    if names.count("\n") != len(env) - 1 or not re.fullmatch(_ENV_NAMES, names):
         return False
     if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
         _GOOD_NAMES.update(env)
@@ -401,7 +405,7 @@ def parse_size(value: Any) -> int:
     """Reads a memory size such as 512M, 2G or a number of bytes."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
         return value
-    match = _SIZE_RE.fullmatch(str(value).strip())
+    match = re.fullmatch(_SIZE, str(value).strip(), re.IGNORECASE)
     if not match or isinstance(value, bool) or int(match[1]) == 0:
         raise ValueError(f"must be a size such as 512M or 2G, not {value!r}")
     return int(match[1]) * _SIZE_UNITS[match[2].upper()]

@@ -5,7 +5,6 @@ import collections
 import contextlib
 import gc
 import json
-import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
@@ -22,7 +21,6 @@ from .job import Job, encode, json_problem, parse_job
 if TYPE_CHECKING:
     from .sign import Secret
 
-log = logging.getLogger(__name__)
 PATH_FIELDS = ("workdir", "out", "stdout", "stderr")
 PROGRESS_FROM = 2000
 _scan = json.scanner.make_scanner(json.JSONDecoder())  # what json.loads runs in C
@@ -83,7 +81,9 @@ def put(
 
     Many:     glow-put --tube nightly < jobs.jsonl  (a JSON array or JSON Lines)
     """
-    cli.setup_logging("glow-put", verbose, quiet)
+    if export or verbose:
+        # Only --export has anything to say; logging is imported only then.
+        cli.setup_logging("glow-put", verbose, quiet)
     secret = _load_secret(secret_file[0]) if secret_file else None
     limits = _given(memory=memory, cpu_time=cpu_time, nofile=nofile, nproc=nproc)
     limits.update(_given(nice=nice))
@@ -168,6 +168,9 @@ def _exported() -> dict[str, str]:
         size -= len(name) + len(chosen.pop(name))
         dropped.append(name)
     if dropped:
+        import logging
+
+        log = logging.getLogger(__name__)
         log.warning("--export left out %s (too large for a job)", ", ".join(dropped))
     return chosen
 
