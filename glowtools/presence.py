@@ -145,11 +145,11 @@ def listener_status(listener) -> dict:
 def read_listeners(conn: Connection) -> list[dict]:
     """Returns the status of every listener connected now, by host and pid.
 
-    Deletes the status jobs that listeners which died left behind.
+    Deletes the status and wake jobs that listeners which died left behind.
     """
     found = []
     for tube in sorted(conn.tubes()):
-        if not tube.startswith(LISTENER_PREFIX):
+        if not tube.startswith((LISTENER_PREFIX, WAKE_PREFIX)):
             continue
         try:
             watching = conn.stats_tube(tube)["current-watching"]
@@ -157,9 +157,10 @@ def read_listeners(conn: Connection) -> list[dict]:
             continue
         conn.use(tube)
         if watching == 0:
-            delete_ready(conn)
+            delete_ready(conn)  # a dead listener's status or wake jobs
             continue
-        found.append(_status_in(conn, tube))
+        if tube.startswith(LISTENER_PREFIX):
+            found.append(_status_in(conn, tube))
     return found
 
 
