@@ -59,6 +59,8 @@ class TubeChooser:
         """Returns the tubes to watch now, asking the server at most twice a second."""
         if time.monotonic() - self._checked > TUBE_REFRESH:
             self.refresh(conn)
+        if not self.caps:
+            return self._known  # the same object until a refresh: see Slot
         with self._lock:
             full = {t for t, n in self.running.items() if n >= self.caps.get(t, n + 1)}
             return self._known - full
@@ -177,6 +179,7 @@ class Slot(threading.Thread):
         self.listener = listener
         self.conn: Connection | None = None
         self.watching: set[str] = {"default"}
+        self.synced: frozenset[str] | None = None
         # A completed job whose delete goes out with the next reserve.
         self.done: tuple[int, str] | None = None
 
@@ -198,7 +201,7 @@ class Slot(threading.Thread):
     def _serve_one(self) -> None:
         if self.conn is None:
             self.conn = connect(self.listener.address, use=ERROR_TUBE)
-            self.watching = {"default"}
+            self.watching, self.synced = {"default"}, None
             log.debug("%s connected to %s", self.name, self.listener.address)
         self._sync_watches()
         reserved = self._reserve()
@@ -250,13 +253,16 @@ class Slot(threading.Thread):
     def _sync_watches(self) -> None:
         # The wake tube is always watched, which also keeps a connection with
         # nothing wanted waiting in reserve instead of failing.
-        wanted = set(self.listener.chooser.wanted(self.conn))
+        chosen = self.listener.chooser.wanted(self.conn)
+        if chosen is self.synced:
+            return  # nothing changed since the last job: no set work per job
+        wanted = set(chosen)
         wanted.add(self.listener.wake_tube)
         for tube in wanted - self.watching:
             self.conn.watch(tube)
         for tube in self.watching - wanted:
             self.conn.ignore(tube)
-        self.watching = wanted
+        self.watching, self.synced = wanted, chosen
 
     def _drop_connection(self) -> None:
         if self.done is not None:

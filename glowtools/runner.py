@@ -93,7 +93,7 @@ class Run:
         self._killed_for: str | None = None
         # Output pipes by fd, polled directly: a selector cost a job 30 us.
         self._poller = select.poll()
-        self._sinks: dict[int, tuple[int, _Tail]] = {}
+        self._sinks: dict[int, tuple[int | None, _Tail]] = {}
         self._pipes: dict[int, object] = {}
         self._files: list[int] = []
 
@@ -127,7 +127,7 @@ class Run:
             raise _SpawnError(str(exc)) from None
 
     def _open_outputs(self) -> None:
-        opened: dict[str, int] = {}
+        opened: dict[str, int | None] = {os.devnull: None}  # only its tail is kept
         for name in ("stdout", "stderr"):
             path = getattr(self.job, name)
             if path not in opened:
@@ -261,7 +261,8 @@ class Run:
                 del self._sinks[fd]
                 continue
             tail.add(chunk)
-            _write_all(target, chunk)
+            if target is not None:
+                _write_all(target, chunk)
 
     def _end_leftovers(self) -> None:
         # The command exited but something it started still holds its output
