@@ -125,15 +125,15 @@ def tool(name: str, *args: str, input: str | bytes | None = None, env=None,
     return result
 
 
-class Listener:
-    """A glow-listen process; its log is read from a file."""
+class Daemon:
+    """A long-running tool (glow-listen, glow-dep); its log is read from a file."""
 
     def __init__(self, args: list[str], log: Path, env: dict | None = None):
         self.logfile = open(log, "wb")
-        # With --log the listener writes there instead of to its stderr.
+        # With --log the tool writes there instead of to its stderr.
         self.log_path = Path(args[args.index("--log") + 1]) if "--log" in args else log
         self.proc = subprocess.Popen(
-            [str(BIN / "glow-listen"), "-v", *args],
+            [str(BIN / args[0]), *args[1:]],
             stdout=self.logfile,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
@@ -153,25 +153,44 @@ class Listener:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
 
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.logfile.close()
+
+
+class Listener(Daemon):
+    """A glow-listen -v process."""
+
+    def __init__(self, args: list[str], log: Path, env: dict | None = None):
+        super().__init__(["glow-listen", "-v", *args], log, env)
+
 
 @pytest.fixture
-def listen(beanstalkd, tmp_path) -> Iterator[Callable[..., Listener]]:
-    """Starts glow-listen processes on the test's beanstalkd; kills them after."""
-    listeners: list[Listener] = []
+def daemons(beanstalkd, tmp_path) -> Iterator[Callable[..., Daemon]]:
+    """Starts tools as daemons on the test's beanstalkd; kills them after.
 
-    def start(*args: str, env: dict | None = None) -> Listener:
-        log = tmp_path / f"listener{len(listeners)}.log"
-        listener = Listener(list(args), log, env)
-        listeners.append(listener)
-        listener.wait_log("connected to")
-        return listener
+    `daemons("glow-dep", "-vv")` returns once the tool has logged its connection.
+    """
+    started: list[Daemon] = []
+
+    def start(*args: str, env: dict | None = None) -> Daemon:
+        log = tmp_path / f"{args[0]}{len(started)}.log"
+        daemon = Daemon(list(args), log, env)
+        started.append(daemon)
+        daemon.wait_log("connected to")
+        return daemon
 
     yield start
-    for listener in listeners:
-        if listener.proc.poll() is None:
-            listener.proc.kill()
-            listener.proc.wait(5)
-        listener.logfile.close()
+    for daemon in started:
+        daemon.kill()
+
+
+@pytest.fixture
+def listen(daemons) -> Callable[..., Daemon]:
+    """Starts glow-listen -v processes on the test's beanstalkd; kills them after."""
+    return lambda *args, env=None: daemons("glow-listen", "-v", *args, env=env)
 
 
 def error_reports(client: greenstalk.Client, count: int, timeout: float = 10):

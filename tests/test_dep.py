@@ -13,43 +13,10 @@ from conftest import BIN, tool, wait_for
 from glowtools.defaults import HOLD_DELAY
 
 
-class Dep:
-    """A glow-dep -vv process; its log is read from a file."""
-
-    def __init__(self, log: Path) -> None:
-        self.log_path = log
-        self.logfile = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [str(BIN / "glow-dep"), "-vv"],
-            stdout=self.logfile,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_log(self, text: str, timeout: float = 20) -> str:
-        return wait_for(lambda: text in self.log and self.log, timeout, repr(text))
-
-
 @pytest.fixture
-def glow_dep(beanstalkd, tmp_path):
-    """Starts glow-dep processes on the test's GLOW_QUEUE; kills them after."""
-    deps: list[Dep] = []
-
-    def start() -> Dep:
-        dep = Dep(tmp_path / f"dep{len(deps)}.log")
-        deps.append(dep)
-        dep.wait_log("connected to")
-        return dep
-
-    yield start
-    for dep in deps:
-        if dep.proc.poll() is None:
-            dep.proc.kill()
-            dep.proc.wait(5)
-        dep.logfile.close()
+def glow_dep(daemons):
+    """Starts glow-dep -vv processes on the test's GLOW_QUEUE; kills them after."""
+    return lambda: daemons("glow-dep", "-vv")
 
 
 def put(tube: str, name: str, out: Path, *options: str, script: str = "") -> int:
