@@ -122,6 +122,13 @@ class Connection(greenstalk.Client):
     def _translated(self) -> "_Translated":
         return self._translating
 
+    def close(self) -> None:
+        """Closes the connection; a socket that already broke is not an error."""
+        try:
+            super().close()
+        except OSError:
+            pass
+
     def max_job_size(self) -> int:
         """Returns the largest body the server accepts, in bytes."""
         return int(self.stats().get("max-job-size", DEFAULT_MAX_JOB_SIZE))

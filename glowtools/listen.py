@@ -272,10 +272,7 @@ class Slot(threading.Thread):
             )
             self.done = None
         if self.conn is not None:
-            try:
-                self.conn.close()
-            except OSError:
-                pass
+            self.conn.close()
             self.conn = None
 
     # Not `_handle`: Python 3.13's Thread keeps its own attribute of that name.

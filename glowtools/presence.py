@@ -108,10 +108,7 @@ class Presence(threading.Thread):
 
     def _close(self) -> None:
         if self.conn is not None:
-            try:
-                self.conn.close()
-            except OSError:
-                pass
+            self.conn.close()
             self.conn = None
 
 
