@@ -21,7 +21,7 @@ test-fleet: venv
 	bin/testhosts up && GLOW_TESTHOSTS_REUSE=1 $(PY) -m pytest -m fleet tests/fleet; s=$$?; bin/testhosts down; exit $$s
 
 lint: venv
-	$(VENV)/bin/ruff check glowtools tests bin && $(VENV)/bin/ruff format --check glowtools tests bin
+	$(VENV)/bin/ruff check glowtools tests bin bench && $(VENV)/bin/ruff format --check glowtools tests bin bench
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -174,7 +174,7 @@ def test_a_silent_server_times_out_instead_of_hanging(monkeypatch):
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen()
-        address = "127.0.0.1:%d" % server.getsockname()[1]
+        address = f"127.0.0.1:{server.getsockname()[1]}"
         result = tool(
             "glow-put", "--queue", address, "-t", "t", "--", "true",
             env={"GLOW_COMMAND_TIMEOUT": "1"},
