@@ -39,13 +39,10 @@ def drain_main(
     glow-drain --hosts h1,h2 --deadline 600 [--restart]
     """
     out = out or sys.stdout
-    try:
-        targets = fleet.resolve_hosts(hosts, inventory, group)
-    except fleet.FleetError as exc:
-        return _fail(prog, exc)
     ssh_config = ssh_config or os.environ.get(SSH_CONFIG_ENV)
     results = []
     try:
+        targets = fleet.resolve_hosts(hosts, inventory, group)
         for result in fleet.drain(targets, deadline, restart, wait, ssh_config):
             results.append(result)
             text = json.dumps(result.as_dict()) if as_json else _drain_line(result)
@@ -69,12 +66,9 @@ def status_main(
     glow-stats --inventory ansible/inventory.ini --group glow_listeners
     """
     out = out or sys.stdout
-    try:
-        targets = fleet.resolve_hosts(hosts, inventory, group)
-    except fleet.FleetError as exc:
-        return _fail(prog, exc)
     ssh_config = ssh_config or os.environ.get(SSH_CONFIG_ENV)
     try:
+        targets = fleet.resolve_hosts(hosts, inventory, group)
         reports = fleet.status(targets, ssh_config)
     except fleet.FleetError as exc:
         return _fail(prog, exc)

@@ -24,14 +24,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str = ""):
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float = 15.0,
+    what: str = "",
+    interval: float = 0.02,
+):
     """Polls `predicate` until it returns something true; fails the test if not."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.02)
+        time.sleep(interval)
     pytest.fail(f"timed out after {timeout} s waiting for {what or predicate}")
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import conftest
 import greenstalk
 import pytest
 
@@ -29,14 +30,8 @@ JOBS_DIR = "/var/lib/glow"
 def wait_for(
     check: Callable[[], object], timeout: float = 60, what: str = ""
 ) -> object:
-    """Returns check()'s first true value, polling; fails the test after timeout."""
-    until = time.monotonic() + timeout
-    while time.monotonic() < until:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"waited {timeout:.0f} s for {what or check}")
+    """Polls a remote state every half second; fails the test after timeout."""
+    return conftest.wait_for(check, timeout, what, interval=0.5)
 
 
 def tool_path(name: str) -> str:
