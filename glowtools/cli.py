@@ -1,68 +1,35 @@
-"""What every tool's command line shares: options, logging and exit statuses."""
+"""What every tool's command line shares: running it, logging and exit statuses.
+
+typer is imported only to run a typer app: a plain glow-put never needs it.
+"""
 
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import typer
-
-from .defaults import DEFAULT_QUEUE, QUEUE_ENV, SECRET_ENV
 from .errors import GlowError
 
 if TYPE_CHECKING:
     import logging
 
+    import typer
+
 # logging.WARNING, named here so that importing this module needs no logging.
 WARNING = 30
 
-Queue = Annotated[
-    str | None,
-    typer.Option(
-        "--queue",
-        envvar=QUEUE_ENV,
-        show_envvar=True,
-        metavar="HOST:PORT",
-        help=f"beanstalkd address [default: {DEFAULT_QUEUE}]",
-    ),
-]
-Verbose = Annotated[
-    int, typer.Option("--verbose", "-v", count=True, help="Say more; twice for debug.")
-]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Say only warnings.")]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON objects, one per line.")]
-# A list of Path splits GLOW_SECRET_FILE at ':' (a list of str splits at spaces).
-SecretFile = Annotated[
-    list[Path] | None,
-    typer.Option(
-        "--secret-file",
-        envvar=SECRET_ENV,
-        show_envvar=True,
-        metavar="FILE",
-        help="Shared secret (mode 600) for signed jobs; repeat, or a:b, to rotate: "
-        "glow-put signs with the first, glow-listen accepts each.",
-    ),
-]
+
+def run(app: "typer.Typer", prog: str) -> NoReturn:
+    """Runs a tool's typer app, turning expected errors into one line and an
+    exit status."""
+    command = _lean(app)
+    guarded(lambda: command(prog_name=prog), prog)
 
 
-def app(help_text: str) -> typer.Typer:
-    """Returns a single-command typer app that shows plain tracebacks."""
-    return typer.Typer(
-        add_completion=False,
-        pretty_exceptions_enable=False,
-        rich_markup_mode=None,
-        context_settings={"help_option_names": ["-h", "--help"]},
-        help=help_text,
-    )
-
-
-def run(command: typer.Typer | Callable, prog: str) -> NoReturn:
-    """Runs a tool, turning expected errors into one line and an exit status."""
-    if isinstance(command, typer.Typer):
-        command = _lean(command)
+def guarded(call: Callable[[], Any], prog: str) -> NoReturn:
+    """Calls `call` and exits: 0, or the status and one line of an expected error."""
     try:
-        command(prog_name=prog)
+        call()
     except GlowError as exc:
         fail(prog, exc)
     except KeyboardInterrupt:
@@ -74,7 +41,7 @@ def run(command: typer.Typer | Callable, prog: str) -> NoReturn:
     sys.exit(0)
 
 
-def _lean(app: typer.Typer):
+def _lean(app: "typer.Typer"):
     """Returns the app's command with typer's per-option coercion put off.
 
     typer (from 0.16) builds a pydantic validator for every option it parses,
@@ -82,6 +49,8 @@ def _lean(app: typer.Typer):
     options that arrive with their type (a string, a count, a whole number in
     range, no value) need none. Older typers are left as they are.
     """
+    import typer.main
+
     command = typer.main.get_command(app)
     every = command.get_params
 

@@ -7,14 +7,14 @@ from typing import Annotated
 import greenstalk
 import typer
 
-from . import cli, listing
+from . import cli, listing, options
 from .connection import Connection, connect
 from .defaults import MAX_JOB_ID
 from .errors import JobInvalid, NotFound, ServerRefused
 
 log = logging.getLogger("glowtools.delete")
 
-app = cli.app("Delete jobs by id, printing each first so it can be put back.")
+app = options.app("Delete jobs by id, printing each first so it can be put back.")
 
 
 @app.command()
@@ -23,9 +23,9 @@ def delete(
         list[int],
         typer.Argument(metavar="ID", min=1, max=MAX_JOB_ID, help="Jobs to delete."),
     ],
-    queue: cli.Queue = None,
-    verbose: cli.Verbose = 0,
-    quiet: cli.Quiet = False,
+    queue: options.Queue = None,
+    verbose: options.Verbose = 0,
+    quiet: options.Quiet = False,
 ) -> None:
     """Delete jobs, printing each first as a JSON line that glow-put takes back.
 

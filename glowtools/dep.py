@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from . import cli, hold
+from . import cli, hold, options
 from .connection import Connection, connect, parse_address, queue_address
 from .defaults import DEP_CHECK, DEP_SWEEP, TUBE_REFRESH, VIEW_REFRESH, VIEW_TTL
 from .errors import QueueUnreachable
@@ -297,7 +297,9 @@ def _drop_dead_views(conn: Connection, mine: str) -> bool:
     return found
 
 
-app = cli.app("Release held jobs once the tubes and jobs they wait on have drained.")
+app = options.app(
+    "Release held jobs once the tubes and jobs they wait on have drained."
+)
 Opt = typer.Option
 
 
@@ -309,10 +311,10 @@ def dep(
     graph: Annotated[
         bool, Opt("--graph", help="Print what is held now, and on what.")
     ] = False,
-    queue: cli.Queue = None,
-    json_out: cli.Json = False,
-    verbose: cli.Verbose = 0,
-    quiet: cli.Quiet = False,
+    queue: options.Queue = None,
+    json_out: options.Json = False,
+    verbose: options.Verbose = 0,
+    quiet: options.Quiet = False,
 ) -> None:
     """Release held jobs when their upstream tubes and jobs have drained.
 

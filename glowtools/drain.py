@@ -11,14 +11,14 @@ from typing import Annotated, BinaryIO
 import greenstalk
 import typer
 
-from . import cli, fleet_options, listing, paused
+from . import cli, fleet_options, listing, options, paused
 from .connection import Connection, connect
 from .defaults import DRAIN_PAUSE
 from .errors import Interrupted, JobInvalid
 
 log = logging.getLogger("glowtools.drain")
 
-app = cli.app("Empty tubes into JSON lines that glow-put takes back.")
+app = options.app("Empty tubes into JSON lines that glow-put takes back.")
 
 
 @app.command()
@@ -29,9 +29,9 @@ def drain(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", "-n", help="Print the lines; take nothing.")
     ] = False,
-    queue: cli.Queue = None,
-    verbose: cli.Verbose = 0,
-    quiet: cli.Quiet = False,
+    queue: options.Queue = None,
+    verbose: options.Verbose = 0,
+    quiet: options.Quiet = False,
     hosts: fleet_options.Hosts = None,
     inventory: fleet_options.Inventory = None,
     group: fleet_options.Group = fleet_options.DEFAULT_GROUP,
@@ -39,7 +39,7 @@ def drain(
     restart: fleet_options.Restart = False,
     no_wait: fleet_options.NoWait = False,
     ssh_config: fleet_options.SshConfig = None,
-    json_out: cli.Json = False,
+    json_out: options.Json = False,
 ) -> None:
     """Empty tubes (ready, delayed, held and buried jobs), one JSON line per job.
 

@@ -56,6 +56,10 @@ class JobInvalid(GlowError):
         self.problem = problem
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self):
+        # Pickled by glow-put's helper process, which reads half of a batch.
+        return type(self), (self.where, self.problem)
+
 
 class ServerRefused(GlowError):
     """beanstalkd answered a command with an error."""

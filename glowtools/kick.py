@@ -7,14 +7,14 @@ from typing import Annotated
 import greenstalk
 import typer
 
-from . import cli, listing
+from . import cli, listing, options
 from .connection import Connection, connect
 from .defaults import MAX_JOB_ID
 from .errors import NotFound
 
 log = logging.getLogger("glowtools.kick")
 
-app = cli.app("Kick buried jobs back to ready.")
+app = options.app("Kick buried jobs back to ready.")
 
 
 @app.command()
@@ -29,10 +29,10 @@ def kick(
     bound: Annotated[
         int | None, typer.Option(min=1, help="Kick at most N jobs of the tube.")
     ] = None,
-    queue: cli.Queue = None,
-    json_out: cli.Json = False,
-    verbose: cli.Verbose = 0,
-    quiet: cli.Quiet = False,
+    queue: options.Queue = None,
+    json_out: options.Json = False,
+    verbose: options.Verbose = 0,
+    quiet: options.Quiet = False,
 ) -> None:
     """Kick buried jobs back to ready; print the id of each job kicked.
 

@@ -15,7 +15,7 @@ from typing import Annotated
 import greenstalk
 import typer
 
-from . import cli
+from . import cli, options
 from .connection import Connection, connect, parse_address, queue_address
 from .defaults import (
     DEFAULT_WORKDIR,
@@ -464,7 +464,7 @@ def failure_report(job_id: int, job: Job, outcome: Outcome) -> dict:
     }
 
 
-app = cli.app("Reserve jobs from beanstalkd tubes and run them.")
+app = options.app("Reserve jobs from beanstalkd tubes and run them.")
 Opt = typer.Option
 
 
@@ -504,10 +504,10 @@ def listen(
     cgroups: Annotated[
         bool, Opt(help="Use cgroups for memory and nproc limits where offered.")
     ] = True,
-    queue: cli.Queue = None,
-    secret_file: cli.SecretFile = None,
-    verbose: cli.Verbose = 0,
-    quiet: cli.Quiet = False,
+    queue: options.Queue = None,
+    secret_file: options.SecretFile = None,
+    verbose: options.Verbose = 0,
+    quiet: options.Quiet = False,
 ) -> None:
     """Reserve jobs from beanstalkd tubes and run them until stopped.
 

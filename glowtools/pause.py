@@ -6,14 +6,14 @@ from typing import Annotated
 import greenstalk
 import typer
 
-from . import cli, listing, paused
+from . import cli, listing, options, paused
 from .connection import Connection, connect
 from .defaults import MAX_DELAY
 from .errors import NotFound
 
 log = logging.getLogger("glowtools.pause")
 
-app = cli.app("Pause tubes so that no job of theirs is reserved, or resume them.")
+app = options.app("Pause tubes so that no job of theirs is reserved, or resume them.")
 
 
 @app.command()
@@ -37,9 +37,9 @@ def pause(
     resume: Annotated[
         bool, typer.Option("--resume", help="End a pause of either kind.")
     ] = False,
-    queue: cli.Queue = None,
-    verbose: cli.Verbose = 0,
-    quiet: cli.Quiet = False,
+    queue: options.Queue = None,
+    verbose: options.Verbose = 0,
+    quiet: options.Quiet = False,
 ) -> None:
     """Pause tubes (no job of theirs is reserved meanwhile), or resume them.
 

@@ -6,12 +6,12 @@ from typing import Annotated, Any
 import greenstalk
 import typer
 
-from . import cli, hold, listing
+from . import cli, hold, listing, options
 from .connection import Connection, connect
 from .defaults import MAX_JOB_ID
 from .errors import NotFound
 
-app = cli.app("Show a job: its body, its stats and its failure report.")
+app = options.app("Show a job: its body, its stats and its failure report.")
 
 
 @app.command()
@@ -23,8 +23,8 @@ def peek(
     buried: Annotated[
         bool, typer.Option("--buried", help="Show the first buried job of TUBE.")
     ] = False,
-    queue: cli.Queue = None,
-    json_out: cli.Json = False,
+    queue: options.Queue = None,
+    json_out: options.Json = False,
 ) -> None:
     """Show a job's body as JSON, its stats and, if it is buried, why it failed.
 

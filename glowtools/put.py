@@ -6,24 +6,33 @@ import contextlib
 import gc
 import json
 import os
+import re
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import greenstalk
-import typer
 
 from . import cli
 from .connection import Connection, PartialPut, connect
-from .defaults import DEPS_ENV, UNDO_SLACK, UNDO_TUBE
+from .defaults import DEPS_ENV, QUEUE_ENV, SECRET_ENV, UNDO_SLACK, UNDO_TUBE
 from .errors import Interrupted, JobInvalid, QueueUnreachable
-from .job import Job, encode, json_problem, parse_job
+from .helper import Helper
+from .job import LIMIT_NAMES, Job, encode, json_problem, parse_job
 
 if TYPE_CHECKING:
     from .sign import Secret
 
 PATH_FIELDS = ("workdir", "out", "stdout", "stderr")
 PROGRESS_FROM = 2000
+# JSON Lines batches of this many lines are read on two processes, if two cores
+# may run them: below it, starting the second costs more than it saves.
+HELP_FROM = 2000
 _scan = json.scanner.make_scanner(json.JSONDecoder())  # what json.loads runs in C
+_SPACE = re.compile(rb"\s*")
+_NOT_SPACE = re.compile(rb"\S")
 # Variables --export leaves out: credentials, and what only means something here.
 _PRIVATE_WORDS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "KEY", "AUTH")
 _LOCAL_NAMES = {"_", "PWD", "OLDPWD", "SHLVL", "TERM", "DISPLAY", "SSH_AUTH_SOCK"}
@@ -33,91 +42,195 @@ _EXPORT_VALUE_MAX = 4096
 # --export keeps the environment within this many bytes, leaving out the largest.
 _EXPORT_TOTAL_MAX = 16384
 
-app = cli.app("Put jobs into beanstalkd tubes.")
-Opt = typer.Option
+# Options a plain command line may give, each once and with a value.
+_PLAIN_OPTIONS = {
+    "--queue": "queue",
+    "--tube": "tube",
+    "-t": "tube",
+    "--secret-file": "secret_file",
+}
+# The job fields the options fill in, by option name where the two differ.
+_FIELD_OPTIONS = (
+    "tube", "pri", "delay", "ttr", "workdir", "out", "stdout", "stderr", "mailto",
+    "user", "retries", "retry_delay", "timeout", "after",
+)  # fmt: skip
 
 
-@app.command()
-def put(
-    command: Annotated[
-        list[str] | None, typer.Argument(metavar="[-- CMD [ARG...]]")
-    ] = None,
-    tube: Annotated[str | None, Opt("--tube", "-t", help="Tube to put into.")] = None,
-    pri: Annotated[str | None, Opt(help="Priority, 0 most urgent.")] = None,
-    delay: Annotated[str | None, Opt(help="Seconds before the job is ready.")] = None,
-    ttr: Annotated[str | None, Opt(help="Seconds a listener's lease lasts.")] = None,
-    workdir: Annotated[str | None, Opt(help="Folder the command runs in.")] = None,
-    out: Annotated[str | None, Opt(help="File for stdout and stderr.")] = None,
-    stdout: Annotated[str | None, Opt(help="File for stdout.")] = None,
-    stderr: Annotated[str | None, Opt(help="File for stderr.")] = None,
-    mailto: Annotated[str | None, Opt(help="Addresses to mail on failure.")] = None,
-    env: Annotated[list[str] | None, Opt(help="NAME=value for the job.")] = None,
-    export: Annotated[bool, Opt(help="Pass this shell's environment on.")] = False,
-    user: Annotated[str | None, Opt(help="User the job runs as.")] = None,
-    retries: Annotated[str | None, Opt(help="Attempts after a failure.")] = None,
-    retry_delay: Annotated[str | None, Opt(help="Seconds before a retry.")] = None,
-    timeout: Annotated[str | None, Opt(help="Seconds the job may run.")] = None,
-    memory: Annotated[str | None, Opt(help="Memory limit, e.g. 512M.")] = None,
-    cpu_time: Annotated[str | None, Opt(help="CPU seconds limit.")] = None,
-    nofile: Annotated[str | None, Opt(help="Open files limit.")] = None,
-    nproc: Annotated[str | None, Opt(help="Processes limit.")] = None,
-    nice: Annotated[str | None, Opt(help="Niceness, -20..19.")] = None,
-    after: Annotated[str | None, Opt(help="Upstream tubes, a,b.")] = None,
-    after_job: Annotated[str | None, Opt(help="Upstream job ids, 41,42.")] = None,
-    after_any: Annotated[bool, Opt(help="Run once upstream settles.")] = False,
-    deps: Annotated[
-        str | None,
-        Opt(envvar=DEPS_ENV, metavar="FILE", help='Rules: {"tube": ["upstream"]}.'),
-    ] = None,
-    queue: cli.Queue = None,
-    secret_file: cli.SecretFile = None,
-    json_out: cli.Json = False,
-    verbose: cli.Verbose = 0,
-    quiet: cli.Quiet = False,
-) -> None:
-    """Put jobs into beanstalkd tubes; print one job id per line.
+@dataclass
+class Batch:
+    """Jobs read and validated, in the order given."""
 
-    One job:  glow-put --tube nightly -- ls -l /var
+    jobs: list[tuple[str, Job]]  # (where, job): where names it in errors
+    # For JSON Lines, each job's (value, line, line number) as given.
+    given: list[tuple[Any, bytes, int]] = field(default_factory=list)
+    bodies: list[bytes] | None = None  # the jobs' bodies, if made already
+    # Jobs a helper process read, which follow `jobs`: (where, put).
+    ready: list[tuple[str, tuple[str, bytes, int, int, int]]] = field(
+        default_factory=list
+    )
 
-    Many:     glow-put --tube nightly < jobs.jsonl  (a JSON array or JSON Lines)
+
+def put(given: dict[str, Any]) -> None:
+    """Puts the jobs a command line asks for and prints their ids.
+
+    `given` holds the command line's values by option name; options left out
+    may be absent or empty.
     """
-    if export or verbose:
+    option = given.get
+    if option("export") or option("verbose"):
         # Only --export has anything to say; logging is imported only then.
-        cli.setup_logging("glow-put", verbose, quiet)
-    secret = _load_secret(secret_file[0]) if secret_file else None
-    limits = _given(memory=memory, cpu_time=cpu_time, nofile=nofile, nproc=nproc)
-    limits.update(_given(nice=nice))
-    defaults = _given(
-        tube=tube, pri=pri, delay=delay, ttr=ttr, workdir=workdir, out=out,
-        stdout=stdout, stderr=stderr, mailto=mailto, user=user, retries=retries,
-        retry_delay=retry_delay, timeout=timeout, after=after, after_jobs=after_job,
-    )  # fmt: skip
+        cli.setup_logging("glow-put", option("verbose") or 0, option("quiet") or False)
+    secret_files = option("secret_file")
+    secret = _load_secret(secret_files[0]) if secret_files else None
+    limits = _given({name: option(name) for name in LIMIT_NAMES})
+    defaults = _given({name: option(name) for name in _FIELD_OPTIONS})
+    defaults.update(_given({"after_jobs": option("after_job")}))
     if limits:
         defaults["limits"] = limits
-    if after_any:
+    if option("after_any"):
         defaults["after_any"] = True
-    variables = _exported() if export else {}
-    variables.update(_env_options(env or []))
+    variables = _exported() if option("export") else {}
+    variables.update(_env_options(option("env") or []))
     if variables:
         defaults["env"] = variables
     defaults = _absolute_paths(defaults)
 
+    command, deps = option("command"), option("deps")
     if command:
         raw = {"cmd": command[0], "args": command[1:]}
-        jobs, given = [("the job", parse_job(raw, "the job", defaults))], []
+        batch = Batch([("the job", parse_job(raw, "the job", defaults))])
     elif sys.stdin.isatty():
         raise JobInvalid("stdin", "is a terminal (give a command, or pipe jobs in)")
     else:
+        # A helper process makes the bodies of the jobs it reads: no rules may
+        # change them, and --json would need the jobs themselves.
+        helped = not deps and not option("json_out")
         with _collector_paused():
-            jobs, given = read_jobs(sys.stdin.buffer.read(), defaults)
-    jobs = _with_rules(jobs, _hold().load_rules(deps) if deps else {})
+            data = sys.stdin.buffer.read()
+            batch = read_jobs(data, defaults, helped, secret)
+    if deps or any(job.held for _, job in batch.jobs):
+        batch.jobs = _with_rules(batch.jobs, _hold().load_rules(deps) if deps else {})
+        batch.bodies = None
 
-    ids = put_jobs(queue, jobs, secret, given)
-    if not json_out:
+    ids = put_jobs(option("queue"), batch, secret)
+    if not option("json_out"):
         sys.stdout.write("".join(f"{job_id}\n" for job_id in ids))
-        return
-    for (_, job), job_id in zip(jobs, ids, strict=True):
-        print(json.dumps({"id": job_id, "tube": job.tube, "cmd": job.describe()}))
+    else:
+        for (_, job), job_id in zip(batch.jobs, ids, strict=True):
+            print(json.dumps({"id": job_id, "tube": job.tube, "cmd": job.describe()}))
+    _end_at_once()
+
+
+def plain_options(argv: list[str], environ: Mapping[str, str]) -> dict | None:
+    """Reads a plain command line, or returns None for typer to read.
+
+    Plain: `--queue`, `--tube`/`-t` and `--secret-file`, each at most once with
+    a value of its own (`--tube x` or `--tube=x`), then nothing or `-- CMD
+    [ARG...]`. Importing typer is half of a single put's start-up, and shell
+    loops and pipelines call glow-put with no more than this. The values are
+    those typer would give, environment variables included.
+    """
+    given: dict[str, Any] = {}
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            given["command"] = list(words)
+            if not given["command"]:
+                return None
+            break
+        name, equals, value = word.partition("=")
+        key = _PLAIN_OPTIONS.get(name)
+        if key is None or key in given or (equals and name == "-t"):
+            return None
+        if not equals:
+            value = next(words, "")
+        if not value or value.startswith("-"):
+            return None
+        given[key] = value
+    files = environ.get(SECRET_ENV, "").split(os.pathsep)
+    if "secret_file" in given:
+        files = [given["secret_file"]]
+    elif files == [""]:
+        files = []
+    if "" in files:
+        return None  # an empty path, which typer makes "."
+    given["secret_file"] = [Path(path) for path in files]
+    given["queue"] = given.get("queue") or environ.get(QUEUE_ENV) or None
+    given["deps"] = environ.get(DEPS_ENV) or None
+    return given
+
+
+def _app():
+    """Returns glow-put's typer app, which reads every command line that is
+    not plain."""
+    import typer
+
+    from . import options
+
+    app = options.app("Put jobs into beanstalkd tubes.")
+    Opt = typer.Option
+
+    @app.command()
+    def glow_put(
+        command: Annotated[
+            list[str] | None, typer.Argument(metavar="[-- CMD [ARG...]]")
+        ] = None,
+        tube: Annotated[
+            str | None, Opt("--tube", "-t", help="Tube to put into.")
+        ] = None,
+        pri: Annotated[str | None, Opt(help="Priority, 0 most urgent.")] = None,
+        delay: Annotated[
+            str | None, Opt(help="Seconds before the job is ready.")
+        ] = None,
+        ttr: Annotated[
+            str | None, Opt(help="Seconds a listener's lease lasts.")
+        ] = None,
+        workdir: Annotated[str | None, Opt(help="Folder the command runs in.")] = None,
+        out: Annotated[str | None, Opt(help="File for stdout and stderr.")] = None,
+        stdout: Annotated[str | None, Opt(help="File for stdout.")] = None,
+        stderr: Annotated[str | None, Opt(help="File for stderr.")] = None,
+        mailto: Annotated[str | None, Opt(help="Addresses to mail on failure.")] = None,
+        env: Annotated[list[str] | None, Opt(help="NAME=value for the job.")] = None,
+        export: Annotated[bool, Opt(help="Pass this shell's environment on.")] = False,
+        user: Annotated[str | None, Opt(help="User the job runs as.")] = None,
+        retries: Annotated[str | None, Opt(help="Attempts after a failure.")] = None,
+        retry_delay: Annotated[str | None, Opt(help="Seconds before a retry.")] = None,
+        timeout: Annotated[str | None, Opt(help="Seconds the job may run.")] = None,
+        memory: Annotated[str | None, Opt(help="Memory limit, e.g. 512M.")] = None,
+        cpu_time: Annotated[str | None, Opt(help="CPU seconds limit.")] = None,
+        nofile: Annotated[str | None, Opt(help="Open files limit.")] = None,
+        nproc: Annotated[str | None, Opt(help="Processes limit.")] = None,
+        nice: Annotated[str | None, Opt(help="Niceness, -20..19.")] = None,
+        after: Annotated[str | None, Opt(help="Upstream tubes, a,b.")] = None,
+        after_job: Annotated[str | None, Opt(help="Upstream job ids, 41,42.")] = None,
+        after_any: Annotated[bool, Opt(help="Run once upstream settles.")] = False,
+        deps: Annotated[
+            str | None,
+            Opt(envvar=DEPS_ENV, metavar="FILE", help='Rules: {"tube": ["upstream"]}.'),
+        ] = None,
+        queue: options.Queue = None,
+        secret_file: options.SecretFile = None,
+        json_out: options.Json = False,
+        verbose: options.Verbose = 0,
+        quiet: options.Quiet = False,
+    ) -> None:
+        """Put jobs into beanstalkd tubes; print one job id per line.
+
+        One job:  glow-put --tube nightly -- ls -l /var
+
+        Many:     glow-put --tube nightly < jobs.jsonl  (a JSON array or JSON Lines)
+        """
+        put(locals())  # first: the options, by name
+
+    return app
+
+
+def _end_at_once() -> NoReturn:
+    """Ends glow-put without freeing its objects one by one, which took a
+    tenth of a 10,000-job batch's run: the ids are out, nothing else is due."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _load_secret(path) -> "Secret":
@@ -136,8 +249,8 @@ def _hold():
     return hold
 
 
-def _given(**options: Any) -> dict[str, Any]:
-    return {name: value for name, value in options.items() if value is not None}
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def _env_options(pairs: list[str]) -> dict[str, str]:
@@ -185,18 +298,26 @@ def _absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_jobs(
-    data: bytes, defaults: dict[str, Any]
-) -> tuple[list[tuple[str, Job]], list[tuple[Any, bytes]]]:
+    data: bytes,
+    defaults: dict[str, Any],
+    helped: bool = False,
+    secret: "Secret | None" = None,
+) -> Batch:
     """Parses stdin: a JSON array, one JSON object, or JSON Lines.
 
-    Returns (where, job) pairs and, for JSON Lines, each job's (value, line) as
-    given; raises JobInvalid at the first bad job.
+    With `helped`, a large JSON Lines batch is read on two processes, the
+    second half by a helper that makes its jobs' bodies (signed with `secret`).
+    Raises JobInvalid at the first bad job.
     """
+    if not data or data.isspace():
+        raise JobInvalid("stdin", "holds no jobs (pipe JSON, or give a command)")
+    if _json_lines(data):
+        return _read_lines(data, defaults, helped, secret)
     try:
         text = data.decode()
     except UnicodeDecodeError as exc:
         raise JobInvalid("stdin", f"is not UTF-8 (byte {exc.start})") from None
-    if not text.strip():
+    if text.isspace():
         raise JobInvalid("stdin", "holds no jobs (pipe JSON, or give a command)")
     try:
         value = json.loads(text)
@@ -204,12 +325,12 @@ def read_jobs(
         if text.lstrip().startswith("[") or getattr(exc, "msg", "") != "Extra data":
             if not _looks_like_lines(text):
                 raise JobInvalid("stdin", f"is not JSON ({_problem(exc)})") from None
-        return _read_lines(text, data, defaults)
+        return _read_lines(data, defaults, False, secret)
     if isinstance(value, dict):
         value = [value]
     if not isinstance(value, list):
         raise JobInvalid("stdin", "holds JSON that is neither an array nor objects")
-    return [_parse(raw, f"job {n}", defaults) for n, raw in enumerate(value, 1)], []
+    return Batch([_parse(raw, f"job {n}", defaults) for n, raw in enumerate(value, 1)])
 
 
 @contextlib.contextmanager
@@ -225,27 +346,90 @@ def _collector_paused():
         gc.enable()
 
 
+def _json_lines(data: bytes) -> bool:
+    """Tells, without decoding all of stdin, whether it is JSON Lines: its first
+    line that is not blank holds one whole object, and something follows."""
+    start = _SPACE.match(data).end()
+    end = data.find(b"\n", start)
+    if end < 0 or not _NOT_SPACE.search(data, end):
+        return False
+    try:
+        line = data[start:end].decode()
+        value, stop = _scan(line, 0)
+    except (UnicodeDecodeError, StopIteration, ValueError, RecursionError):
+        return False
+    return isinstance(value, dict) and (stop == len(line) or line[stop:].isspace())
+
+
 def _looks_like_lines(text: str) -> bool:
     first = text.lstrip().split("\n", 1)[0].strip()
     return first.startswith("{") and first.endswith("}")
 
 
-def _read_lines(text: str, data: bytes, defaults: dict[str, Any]):
+def _read_lines(
+    data: bytes, defaults: dict[str, Any], helped: bool, secret: "Secret | None"
+) -> Batch:
+    wires = data.split(b"\n")
+    half = len(wires) // 2
+    cores = len(os.sched_getaffinity(0))
+    if not helped or len(data) < HELP_FROM or half < 2 or cores < 2:
+        return Batch(*_read_range(wires, 0, len(wires), defaults))
+    counted = sum(1 for wire in wires[:half] if wire and not wire.isspace())
+    args = (wires, half, defaults, counted, secret)
+    with Helper(_helping, *args, raises=(JobInvalid,)) as helper:
+        jobs, given = _read_range(wires, 0, half, defaults)
+        bodies = _signed(_bodies(jobs, given), secret)
+        entries = helper.result()
+    if entries is None:
+        # The helper met a job only this process can put (a held one), or failed.
+        more, more_given = _read_range(wires, half, len(wires), defaults, len(jobs))
+        return Batch(jobs + more, given + more_given)
+    ready = []
+    for where, lineno, tube, body, pri, delay, ttr in entries:
+        body = _as_body(wires[lineno - 1]) if body is None else body
+        ready.append((where, (tube, body, pri, delay, ttr)))
+    return Batch(jobs, given, bodies, ready)
+
+
+def _helping(wires, start, defaults, counted, secret) -> list | None:
+    """Reads wires[start:] in the helper process. Returns, for each job, its
+    (where, line number, tube, body, pri, delay, ttr), the body None when it is
+    the line as given (which the parent has); None if a job is held."""
+    jobs, given = _read_range(wires, start, len(wires), defaults, counted)
+    if any(job.held for _, job in jobs):
+        return None
+    bodies = _signed(_bodies(jobs, given), secret)
+    entries = []
+    for (where, job), (_, as_given, n), body in zip(jobs, given, bodies, strict=True):
+        body = None if body is as_given else body
+        entries.append((where, n, job.tube, body, job.pri, job.delay, job.ttr))
+    return entries
+
+
+def _read_range(wires, start, stop, defaults, counted=0):
+    """Reads the lines wires[start:stop]; `counted` jobs came before them.
+    Returns (where, job) pairs and each job's (value, line, line number)."""
     jobs, given = [], []
-    # A newline is one byte in UTF-8, so the text's lines and the bytes' match.
-    lines = zip(text.split("\n"), data.split(b"\n"), strict=True)
-    for lineno, (line, wire) in enumerate(lines, 1):
-        if not line or line.isspace():
+    for lineno in range(start + 1, stop + 1):
+        wire = wires[lineno - 1]
+        if not wire or wire.isspace():
             continue
-        where = f"job {len(jobs) + 1} on line {lineno}"
+        where = f"job {counted + len(jobs) + 1} on line {lineno}"
         try:
-            raw = _loads(line)
+            raw = _loads(wire.decode())
+        except UnicodeDecodeError as exc:
+            at = sum(len(before) + 1 for before in wires[: lineno - 1]) + exc.start
+            raise JobInvalid("stdin", f"is not UTF-8 (byte {at})") from None
         except (ValueError, RecursionError) as exc:
             problem = f"is not JSON ({_problem(exc, line_too=False)})"
             raise JobInvalid(where, problem) from None
         jobs.append(_parse(raw, where, defaults))
-        given.append((raw, wire.strip() if wire[-1:].isspace() else wire))
+        given.append((raw, _as_body(wire), lineno))
     return jobs, given
+
+
+def _as_body(wire: bytes) -> bytes:
+    return wire.strip() if wire[-1:].isspace() else wire
 
 
 def _loads(line: str) -> Any:
@@ -294,38 +478,44 @@ def _with_rules(jobs: list[tuple[str, Job]], rules: dict) -> list[tuple[str, Job
 
 
 def put_jobs(
-    queue: str | None,
-    jobs: list[tuple[str, Job]],
-    secret: "Secret | None" = None,
-    given: list[tuple[Any, bytes]] | None = None,
+    queue: str | None, batch: Batch, secret: "Secret | None" = None
 ) -> list[int]:
-    """Puts validated jobs over one connection; all of them or none.
+    """Puts a batch over one connection; all of its jobs or none.
 
-    Signs each body with `secret` if given. `given` holds each job's (value,
-    line) as read, if any. Raises JobInvalid for a body the server would refuse,
-    Interrupted if the connection broke part-way (after deleting what had been
-    put).
+    Signs each body with `secret` if given (bodies made already are signed).
+    Raises JobInvalid for a body the server would refuse, Interrupted if the
+    connection broke part-way (after deleting what had been put).
     """
-    bodies = _bodies(jobs, given or [])
-    if secret:
-        from .sign import sign
-
-        bodies = [sign(body, secret) for body in bodies]
+    jobs, bodies = batch.jobs, batch.bodies
+    if bodies is None:
+        bodies = _signed(_bodies(jobs, batch.given), secret)
+    puts = [
+        _hold().held_put(job, body)
+        if job.held
+        else (job.tube, body, job.pri, job.delay, job.ttr)
+        for (_, job), body in zip(jobs, bodies, strict=True)
+    ]
+    wheres = [where for where, _ in jobs]
+    for where, put in batch.ready:
+        wheres.append(where)
+        puts.append(put)
     conn = connect(queue)
     try:
-        _check_sizes(conn, jobs, bodies)
-        puts = [
-            _hold().held_put(job, body)
-            if job.held
-            else (job.tube, body, job.pri, job.delay, job.ttr)
-            for (_, job), body in zip(jobs, bodies, strict=True)
-        ]
+        _check_sizes(conn, wheres, puts)
         try:
             return _put_all(conn, jobs, puts)
         except PartialPut as exc:
             raise _undo(queue, exc, len(puts)) from exc.cause
     finally:
         conn.close()
+
+
+def _signed(bodies: list[bytes], secret: "Secret | None") -> list[bytes]:
+    if not secret:
+        return bodies
+    from .sign import sign
+
+    return [sign(body, secret) for body in bodies]
 
 
 def _bodies(jobs: list[tuple[str, Job]], given: list) -> list[bytes]:
@@ -335,7 +525,7 @@ def _bodies(jobs: list[tuple[str, Job]], given: list) -> list[bytes]:
     bodies = []
     for n, (_, job) in enumerate(jobs):
         data = job.to_dict()
-        raw, line = given[n] if given else (None, b"")
+        raw, line, _ = given[n] if given else (None, b"", 0)
         bodies.append(line if raw == data else encode(data))
     return bodies
 
@@ -346,10 +536,12 @@ def _put_all(conn: Connection, jobs: list, puts: list) -> list[int]:
     With held jobs, SIGINT and SIGTERM wait until the records are put too: a held
     job without its record would never be released.
     """
-    with _signals_deferred(any(job.held for _, job in jobs)):
+    held = [(job, n) for n, (_, job) in enumerate(jobs) if job.held]
+    with _signals_deferred(bool(held)):
         ids = conn.put_many(puts, _progress(len(puts)))
-        held = zip(jobs, ids, strict=True)
-        records = [_hold().record_put(job, j) for (_, job), j in held if job.held]
+        if not held:
+            return ids
+        records = [_hold().record_put(job, ids[n]) for job, n in held]
         try:
             conn.put_many(records)
         except PartialPut as exc:
@@ -371,9 +563,9 @@ def _signals_deferred(defer: bool):
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
-def _check_sizes(conn: Connection, jobs: list, bodies: list[bytes]) -> None:
+def _check_sizes(conn: Connection, wheres: list[str], puts: list) -> None:
     limit = conn.max_job_size()
-    for (where, _), body in zip(jobs, bodies, strict=True):
+    for where, (_, body, *_) in zip(wheres, puts, strict=True):
         if len(body) > limit:
             raise JobInvalid(
                 where,
@@ -468,5 +660,8 @@ def _ranges(ids: list[int]) -> str:
 
 
 def main() -> None:
-    """Runs glow-put."""
-    cli.run(app, "glow-put")
+    """Runs glow-put; typer reads any command line that is not plain."""
+    given = plain_options(sys.argv[1:], os.environ)
+    if given is None:
+        cli.run(_app(), "glow-put")
+    cli.guarded(lambda: put(given), "glow-put")

@@ -10,13 +10,13 @@ from typing import Annotated
 
 import typer
 
-from . import cli, fleet_options, hold, listing, paused
+from . import cli, fleet_options, hold, listing, options, paused
 from .connection import Connection, connect
 from .defaults import is_internal_tube
 from .errors import NotFound, QueueUnreachable
 from .presence import read_listeners
 
-app = cli.app("Show the tubes, the server and the listeners.")
+app = options.app("Show the tubes, the server and the listeners.")
 Opt = typer.Option
 COLUMNS = ("ready", "reserved", "delayed", "buried", "held")
 BLOCKED_SHOWN = 20
@@ -62,8 +62,8 @@ def stats(
     prometheus: Annotated[
         bool, Opt("--prometheus", help="Print Prometheus text format.")
     ] = False,
-    queue: cli.Queue = None,
-    json_out: cli.Json = False,
+    queue: options.Queue = None,
+    json_out: options.Json = False,
     hosts: fleet_options.Hosts = None,
     inventory: fleet_options.Inventory = None,
     group: fleet_options.Group = fleet_options.DEFAULT_GROUP,
