@@ -30,6 +30,7 @@ _TUBE_RE = re.compile(r"[A-Za-z0-9+/;.$_()][A-Za-z0-9\-+/;.$_()]*")
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _ENV_NAMES = rf"{_ENV_NAME}(?:\n{_ENV_NAME})*"
 _GOOD_NAMES: set[str] = set()
+_GOOD_TUBES: set[str] = set()  # a batch's jobs mostly share their tubes
 _GOOD_NAMES_MAX = 10_000
 _SIZE = r"(\d+)\s*([KMGT]?)i?B?"
 _SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -76,6 +77,18 @@ class Job:
             del data["stderr"]
         return data
 
+    def parsed_as_is(self, raw: Mapping[str, Any]) -> bool:
+        """Tells whether `raw`, which this job was parsed from with no defaults,
+        is exactly its canonical fields (`to_dict() == raw`), without making
+        them: every field given holds the job's value, and none its default."""
+        own = self.__dict__
+        for name, value in raw.items():
+            if name not in _AS_GIVEN or own[name] != value:
+                return False
+            if name in _DEFAULTS and value == _DEFAULTS[name]:
+                return False
+        return True
+
     def to_body(self) -> bytes:
         """Returns the canonical body: compact JSON with sorted keys."""
         return encode(self.to_dict())
@@ -105,6 +118,8 @@ def _default_of(f) -> Any:
 _DEFAULTS = {
     f.name: _default_of(f) for f in fields(Job) if f.name not in ("cmd", "tube")
 }
+# Fields that to_dict writes as they are (it may merge stdout and stderr into out).
+_AS_GIVEN = {f.name for f in fields(Job)} - {"stdout", "stderr"}
 
 
 def parse_job(
@@ -116,14 +131,14 @@ def parse_job(
     """
     if not isinstance(raw, dict):
         raise JobInvalid(where, f"is a JSON {_json_type(raw)}, not an object")
-    data = dict(defaults) if defaults else {}
-    if defaults and ("out" in raw or "stdout" in raw or "stderr" in raw):
-        for name in ("out", "stdout", "stderr"):
-            data.pop(name, None)
     if "User" in raw or "Env" in raw:
-        for key, value in raw.items():
-            data[ALIASES.get(key, key)] = value
-    else:
+        raw = {ALIASES.get(key, key): value for key, value in raw.items()}
+    data = raw
+    if defaults:
+        data = dict(defaults)
+        if "out" in raw or "stdout" in raw or "stderr" in raw:
+            for name in ("out", "stdout", "stderr"):
+                data.pop(name, None)
         data.update(raw)
 
     values: dict[str, Any] = {}
@@ -310,9 +325,13 @@ def tube_name(value: Any) -> str:
 
 
 def _user_tube(value: Any) -> str:
+    if isinstance(value, str) and value in _GOOD_TUBES:
+        return value
     name = tube_name(value)
     if is_internal_tube(name):
         raise ValueError(f"names {name!r}; GLOW_ tubes are glowtools' own")
+    if len(_GOOD_TUBES) < _GOOD_NAMES_MAX:
+        _GOOD_TUBES.add(name)
     return name
 
 
@@ -356,7 +375,7 @@ def _env(value: Any) -> dict[str, str]:
             pairs.append((name, text))
     elif isinstance(value, dict):
         if _plain_env(value):
-            return dict(value)
+            return value  # a job's env is never changed in place
         pairs = list(value.items())
     elif value is None:
         return {}

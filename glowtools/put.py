@@ -19,7 +19,6 @@ from . import cli
 from .connection import Connection, PartialPut, connect
 from .defaults import DEPS_ENV, QUEUE_ENV, SECRET_ENV, UNDO_SLACK, UNDO_TUBE
 from .errors import Interrupted, JobInvalid, QueueUnreachable
-from .helper import Helper
 from .job import LIMIT_NAMES, Job, encode, json_problem, parse_job
 
 if TYPE_CHECKING:
@@ -63,11 +62,9 @@ class Batch:
     jobs: list[tuple[str, Job]]  # (where, job): where names it in errors
     # For JSON Lines, each job's (value, line, line number) as given.
     given: list[tuple[Any, bytes, int]] = field(default_factory=list)
-    bodies: list[bytes] | None = None  # the jobs' bodies, if made already
-    # Jobs a helper process read, which follow `jobs`: (where, put).
-    ready: list[tuple[str, tuple[str, bytes, int, int, int]]] = field(
-        default_factory=list
-    )
+    # Jobs read on two processes, which follow `jobs`, as they will be put:
+    # (where, line number, (tube, body, pri, delay, ttr)).
+    ready: list[tuple[str, int, tuple]] = field(default_factory=list)
 
 
 def put(given: dict[str, Any]) -> None:
@@ -108,9 +105,7 @@ def put(given: dict[str, Any]) -> None:
         with _collector_paused():
             data = sys.stdin.buffer.read()
             batch = read_jobs(data, defaults, helped, secret)
-    if deps or any(job.held for _, job in batch.jobs):
-        batch.jobs = _with_rules(batch.jobs, _hold().load_rules(deps) if deps else {})
-        batch.bodies = None
+    batch.jobs = _with_rules(batch.jobs, _hold().load_rules(deps) if deps else {})
 
     ids = put_jobs(option("queue"), batch, secret)
     if not option("json_out"):
@@ -230,6 +225,9 @@ def _end_at_once() -> NoReturn:
     tenth of a 10,000-job batch's run: the ids are out, nothing else is due."""
     sys.stdout.flush()
     sys.stderr.flush()
+    helper = sys.modules.get("glowtools.helper")  # imported for large batches
+    if helper:
+        helper.reap_all()
     os._exit(0)
 
 
@@ -374,36 +372,39 @@ def _read_lines(
     cores = len(os.sched_getaffinity(0))
     if not helped or len(data) < HELP_FROM or half < 2 or cores < 2:
         return Batch(*_read_range(wires, 0, len(wires), defaults))
+    from .helper import Helper  # pickle and all: only a large batch needs them
+
     counted = sum(1 for wire in wires[:half] if wire and not wire.isspace())
-    args = (wires, half, defaults, counted, secret)
-    with Helper(_helping, *args, raises=(JobInvalid,)) as helper:
-        jobs, given = _read_range(wires, 0, half, defaults)
-        bodies = _signed(_bodies(jobs, given), secret)
-        entries = helper.result()
-    if entries is None:
-        # The helper met a job only this process can put (a held one), or failed.
-        more, more_given = _read_range(wires, half, len(wires), defaults, len(jobs))
-        return Batch(jobs + more, given + more_given)
-    ready = []
-    for where, lineno, tube, body, pri, delay, ttr in entries:
-        body = _as_body(wires[lineno - 1]) if body is None else body
-        ready.append((where, (tube, body, pri, delay, ttr)))
-    return Batch(jobs, given, bodies, ready)
+    args = (wires, half, len(wires), defaults, counted, secret, True)
+    with Helper(_ready_puts, *args, raises=(JobInvalid,)) as helper:
+        mine = _ready_puts(wires, 0, half, defaults, 0, secret)
+        theirs = helper.result()
+    if mine is None or theirs is None:
+        # A held job takes the usual path; so does a half the helper failed on.
+        return Batch(*_read_range(wires, 0, len(wires), defaults))
+    for where, lineno, put in theirs:
+        if put[1] is None:
+            put = (put[0], _as_body(wires[lineno - 1]), *put[2:])
+        mine.append((where, lineno, put))
+    return Batch([], ready=mine)
 
 
-def _helping(wires, start, defaults, counted, secret) -> list | None:
-    """Reads wires[start:] in the helper process. Returns, for each job, its
-    (where, line number, tube, body, pri, delay, ttr), the body None when it is
-    the line as given (which the parent has); None if a job is held."""
-    jobs, given = _read_range(wires, start, len(wires), defaults, counted)
+def _ready_puts(wires, start, stop, defaults, counted, secret, lean=False):
+    """Reads the lines wires[start:stop] into (where, line number, put) for
+    each job, ready to send; None if a job is held, whose put is made later.
+
+    `lean` (the helper's answer, which is pickled) leaves out a body that is
+    the line as given, as None: the parent has the line.
+    """
+    jobs, given = _read_range(wires, start, stop, defaults, counted)
     if any(job.held for _, job in jobs):
         return None
-    bodies = _signed(_bodies(jobs, given), secret)
-    entries = []
+    bodies = _signed(_bodies(jobs, given, as_read=not defaults), secret)
+    ready = []
     for (where, job), (_, as_given, n), body in zip(jobs, given, bodies, strict=True):
-        body = None if body is as_given else body
-        entries.append((where, n, job.tube, body, job.pri, job.delay, job.ttr))
-    return entries
+        body = None if lean and body is as_given else body
+        ready.append((where, n, (job.tube, body, job.pri, job.delay, job.ttr)))
+    return ready
 
 
 def _read_range(wires, start, stop, defaults, counted=0):
@@ -482,26 +483,23 @@ def put_jobs(
 ) -> list[int]:
     """Puts a batch over one connection; all of its jobs or none.
 
-    Signs each body with `secret` if given (bodies made already are signed).
-    Raises JobInvalid for a body the server would refuse, Interrupted if the
-    connection broke part-way (after deleting what had been put).
+    Signs each body of `batch.jobs` with `secret` if given (`batch.ready` is
+    signed already). Raises JobInvalid for a body the server would refuse,
+    Interrupted if the connection broke part-way (after deleting what had been
+    put).
     """
-    jobs, bodies = batch.jobs, batch.bodies
-    if bodies is None:
-        bodies = _signed(_bodies(jobs, batch.given), secret)
+    jobs = batch.jobs
+    bodies = _signed(_bodies(jobs, batch.given), secret)
     puts = [
         _hold().held_put(job, body)
         if job.held
         else (job.tube, body, job.pri, job.delay, job.ttr)
         for (_, job), body in zip(jobs, bodies, strict=True)
     ]
-    wheres = [where for where, _ in jobs]
-    for where, put in batch.ready:
-        wheres.append(where)
-        puts.append(put)
+    puts += [put for _, _, put in batch.ready]
     conn = connect(queue)
     try:
-        _check_sizes(conn, wheres, puts)
+        _check_sizes(conn, batch, puts)
         try:
             return _put_all(conn, jobs, puts)
         except PartialPut as exc:
@@ -518,14 +516,21 @@ def _signed(bodies: list[bytes], secret: "Secret | None") -> list[bytes]:
     return [sign(body, secret) for body in bodies]
 
 
-def _bodies(jobs: list[tuple[str, Job]], given: list) -> list[bytes]:
+def _bodies(jobs: list[tuple[str, Job]], given: list, as_read=False) -> list[bytes]:
     """Returns each job's body: the line it came on when that line decodes to
     exactly the job's fields (it was validated as it is; nothing was added),
-    else the canonical encoding."""
+    else the canonical encoding.
+
+    `as_read` says the jobs are as parsed from their lines alone (no defaults,
+    no rules), which lets a line be checked without making the job's fields.
+    """
     bodies = []
     for n, (_, job) in enumerate(jobs):
-        data = job.to_dict()
         raw, line, _ = given[n] if given else (None, b"", 0)
+        if as_read and job.parsed_as_is(raw):
+            bodies.append(line)
+            continue
+        data = job.to_dict()
         bodies.append(line if raw == data else encode(data))
     return bodies
 
@@ -563,8 +568,11 @@ def _signals_deferred(defer: bool):
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
-def _check_sizes(conn: Connection, wheres: list[str], puts: list) -> None:
+def _check_sizes(conn: Connection, batch: Batch, puts: list) -> None:
     limit = conn.max_job_size()
+    if max(len(body) for _, body, *_ in puts) <= limit:
+        return
+    wheres = [where for where, _ in batch.jobs] + [w for w, _, _ in batch.ready]
     for where, (_, body, *_) in zip(wheres, puts, strict=True):
         if len(body) > limit:
             raise JobInvalid(

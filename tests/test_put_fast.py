@@ -191,3 +191,35 @@ def test_a_large_signed_batch_is_signed_in_both_halves(beanstalkd, client, tmp_p
     for n in (1, LINES):
         body = verify(client.peek(ids[n - 1]).body, [secret])
         assert json.loads(body) == json.loads(text[n - 1])
+
+
+def test_a_held_job_early_in_a_large_batch_is_held_too(beanstalkd, client):
+    text = large_batch(n10=job_line(10, after=["upstream"]))
+
+    result = tool("glow-put", input="\n".join(text))
+
+    assert result.returncode == 0, result.stderr
+    ids = [int(line) for line in result.stdout.split()]
+    assert len(ids) == LINES
+    assert client.stats_job(ids[9])["state"] == "delayed"
+    assert client.stats_tube("big")["current-jobs-ready"] == LINES - 1
+
+
+def test_a_large_batch_takes_the_command_lines_defaults_in_both_halves(
+    beanstalkd, client
+):
+    text = [
+        json.dumps({"cmd": "echo", "args": [str(n)], "env": {"PAD": PAD}})
+        for n in range(1, LINES + 1)
+    ]
+
+    result = tool("glow-put", "--tube", "given", "--pri", "7", input="\n".join(text))
+
+    assert result.returncode == 0, result.stderr
+    ids = [int(line) for line in result.stdout.split()]
+    assert client.stats_tube("given")["current-jobs-ready"] == LINES
+    for n in (1, LINES):
+        body = client.peek(ids[n - 1]).body
+        expected = {**json.loads(text[n - 1]), "tube": "given", "pri": 7}
+        assert json.loads(body) == expected
+        assert client.stats_job(ids[n - 1])["pri"] == 7
