@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 
 PATH_FIELDS = ("workdir", "out", "stdout", "stderr")
 PROGRESS_FROM = 2000
-# JSON Lines batches of this many lines are read on two processes, if two cores
-# may run them: below it, starting the second costs more than it saves.
-HELP_FROM = 2000
+# JSON Lines batches of this many bytes are read on two processes, if the process
+# may use two cores: below it, starting the second saves next to nothing.
+HELP_FROM = 512 * 1024
 _scan = json.scanner.make_scanner(json.JSONDecoder())  # what json.loads runs in C
 _SPACE = re.compile(rb"\s*")
 _NOT_SPACE = re.compile(rb"\S")
