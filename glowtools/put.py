@@ -125,23 +125,9 @@ def plain_options(argv: list[str], environ: Mapping[str, str]) -> dict | None:
     loops and pipelines call glow-put with no more than this. The values are
     those typer would give, environment variables included.
     """
-    given: dict[str, Any] = {}
-    words = iter(argv)
-    for word in words:
-        if word == "--":
-            given["command"] = list(words)
-            if not given["command"]:
-                return None
-            break
-        name, equals, value = word.partition("=")
-        key = _PLAIN_OPTIONS.get(name)
-        if key is None or key in given or (equals and name == "-t"):
-            return None
-        if not equals:
-            value = next(words, "")
-        if not value or value.startswith("-"):
-            return None
-        given[key] = value
+    given = _plain_words(argv)
+    if given is None:
+        return None
     files = environ.get(SECRET_ENV, "").split(os.pathsep)
     if "secret_file" in given:
         files = [given["secret_file"]]
@@ -152,6 +138,25 @@ def plain_options(argv: list[str], environ: Mapping[str, str]) -> dict | None:
     given["secret_file"] = [Path(path) for path in files]
     given["queue"] = given.get("queue") or environ.get(QUEUE_ENV) or None
     given["deps"] = environ.get(DEPS_ENV) or None
+    return given
+
+
+def _plain_words(argv: list[str]) -> dict[str, Any] | None:
+    given: dict[str, Any] = {}
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            given["command"] = list(words)
+            return given if given["command"] else None
+        name, equals, value = word.partition("=")
+        key = _PLAIN_OPTIONS.get(name)
+        if key is None or key in given or (equals and name == "-t"):
+            return None
+        if not equals:
+            value = next(words, "")
+        if not value or value.startswith("-"):
+            return None
+        given[key] = value
     return given
 
 
