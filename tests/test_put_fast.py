@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pytest
 from conftest import tool
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from glowtools import cli, put
 from glowtools.defaults import DEPS_ENV, QUEUE_ENV, SECRET_ENV
+from glowtools.errors import JobInvalid
 from glowtools.hold import index_tube
+from glowtools.job import parse_job
 from glowtools.sign import load_secret, verify
 
 # Large enough for a helper: put.HELP_FROM bytes and more.
@@ -28,7 +32,7 @@ def typer_reads(argv: list[str], monkeypatch) -> dict:
     return seen
 
 
-def given(options: dict) -> dict:
+def saying(options: dict) -> dict:
     """The options that say something: typer passes the rest as None, empty,
     False or 0."""
     return {k: v for k, v in options.items() if v is not None and v not in ([], 0)}
@@ -60,7 +64,7 @@ def test_a_plain_command_line_reads_as_typer_reads_it(argv, env, monkeypatch):
     plain = put.plain_options(argv, env)
 
     assert plain is not None
-    assert given(plain) == given(typer_reads(argv, monkeypatch))
+    assert saying(plain) == saying(typer_reads(argv, monkeypatch))
 
 
 @pytest.mark.parametrize(
@@ -223,3 +227,47 @@ def test_a_large_batch_takes_the_command_lines_defaults_in_both_halves(
         expected = {**json.loads(text[n - 1]), "tube": "given", "pri": 7}
         assert json.loads(body) == expected
         assert client.stats_job(ids[n - 1])["pri"] == 7
+
+
+# For each field: its default, other values, and values that parse to another type.
+FIELD_VALUES = {
+    "args": [[], ["a"], ["a", 1], "a b"],
+    "pri": [1024, 0, 7, "7"],
+    "delay": [0, 5, "5"],
+    "ttr": [120, 60, "60"],
+    "workdir": ["/tmp", "/x"],
+    "out": ["/dev/null", "/x/out"],
+    "stdout": ["/dev/null", "/x/out"],
+    "stderr": ["/dev/null", "/x/out", "/x/err"],
+    "mailto": [[], ["a@b.c"], "a@b.c"],
+    "env": [{}, {"A": "1"}, ["A=1"], {"A": 1}],
+    "user": [None, "", "u1"],
+    "retries": [0, 2, "2"],
+    "retry_delay": [0, 3],
+    "timeout": [5, 5.0, 0.5],
+    "limits": [{}, {"nofile": 64}, {"memory": "1M"}],
+    "after": [[], ["up"], "up,down"],
+    "after_jobs": [[], [4], "4"],
+    "after_any": [False, True, "true"],
+    "User": ["u1"],
+    "Env": [{"A": "1"}],
+}
+job_lines = st.fixed_dictionaries(
+    {"cmd": st.just("true"), "tube": st.just("t")},
+    optional={name: st.sampled_from(values) for name, values in FIELD_VALUES.items()},
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(raw=job_lines)
+def test_the_quick_check_of_a_line_agrees_with_the_jobs_canonical_fields(raw):
+    try:
+        job = parse_job(raw, "line")
+    except JobInvalid:
+        assume(False)
+
+    # A line naming output files is left to the full comparison, which glow-put
+    # then makes: to_dict may merge stdout and stderr into out.
+    canonical = job.to_dict() == raw
+    outputs = raw.keys() & {"out", "stdout", "stderr"}
+    assert job.parsed_as_is(raw) == (canonical and not outputs)
