@@ -408,7 +408,7 @@ def _ready_puts(wires, start, stop, defaults, counted, secret, lean=False):
     ready = []
     for (where, job), (_, as_given, n), body in zip(jobs, given, bodies, strict=True):
         body = None if lean and body is as_given else body
-        ready.append((where, n, (job.tube, body, job.pri, job.delay, job.ttr)))
+        ready.append((where, n, _put_of(job, body)))
     return ready
 
 
@@ -495,12 +495,7 @@ def put_jobs(
     """
     jobs = batch.jobs
     bodies = _signed(_bodies(jobs, batch.given), secret)
-    puts = [
-        _hold().held_put(job, body)
-        if job.held
-        else (job.tube, body, job.pri, job.delay, job.ttr)
-        for (_, job), body in zip(jobs, bodies, strict=True)
-    ]
+    puts = [_put_of(job, body) for (_, job), body in zip(jobs, bodies, strict=True)]
     puts += [put for _, _, put in batch.ready]
     conn = connect(queue)
     try:
@@ -511,6 +506,13 @@ def put_jobs(
             raise _undo(queue, exc, len(puts)) from exc.cause
     finally:
         conn.close()
+
+
+def _put_of(job: Job, body: bytes) -> tuple[str, bytes, int, int, int]:
+    """Returns the (tube, body, pri, delay, ttr) put that queues `job`."""
+    if job.held:
+        return _hold().held_put(job, body)
+    return (job.tube, body, job.pri, job.delay, job.ttr)
 
 
 def _signed(bodies: list[bytes], secret: "Secret | None") -> list[bytes]:
