@@ -28,6 +28,7 @@ ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Seconds of CPU a job gets between SIGXCPU (its limit) and SIGKILL.
 CPU_GRACE = 1
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -496,6 +497,14 @@ class Host:
         if orphans:
             sweep_orphans([int(pid) for pid in orphans], set(self.running) - {ended})
 
+    def adopt_orphans(self) -> None:
+        """Makes a forked worker the one its jobs' orphans go to, not the listener."""
+        if self._children is not None:
+            os.close(self._children)
+        self.subreaper = become_subreaper()
+        self._children = _open_children() if self.subreaper else None
+        self.running = set()
+
     def close(self) -> None:
         """Removes the listener's cgroups and ends what its jobs left behind."""
         self.sweep()
@@ -504,6 +513,12 @@ class Host:
             self._children = None
         if self.cgroups:
             self.cgroups.close()
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """Has the kernel send `signum` to this process when its parent ends."""
+    if _libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        log.warning("cannot ask for a signal when the listener ends")
 
 
 def become_subreaper() -> bool:

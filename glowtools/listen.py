@@ -33,9 +33,16 @@ from .isolation import Host
 from .job import Job
 from .mail import Mailer, mail_settings
 from .paused import paused_in
-from .presence import Presence, delete_ready, listener_status, wake_tube
+from .presence import (
+    Presence,
+    delete_ready,
+    listener_status,
+    running_entry,
+    wake_tube,
+)
 from .runner import Outcome, Run
 from .sign import Secret, load_secrets, open_body
+from .workers import WORKER_STOP, Board, Counts, Workers
 
 log = logging.getLogger("glowtools.listen")
 HOST = socket.gethostname()
@@ -49,8 +56,8 @@ class TubeChooser:
         self.patterns = tubes
         self.exclude = exclude
         self.caps = caps
+        self.counts = Counts(caps)
         self.literal = bool(tubes) and not any(_is_glob(p) for p in tubes)
-        self.running: dict[str, int] = {}
         self._known: frozenset[str] = frozenset(tubes if self.literal else ())
         self._checked = 0.0
         self._lock = threading.Lock()
@@ -61,9 +68,7 @@ class TubeChooser:
             self.refresh(conn)
         if not self.caps:
             return self._known  # the same object until a refresh: see Slot
-        with self._lock:
-            full = {t for t, n in self.running.items() if n >= self.caps.get(t, n + 1)}
-            return self._known - full
+        return self._known - self.counts.full()
 
     def refresh(self, conn: Connection) -> frozenset[str]:
         """Looks at the server's tubes now; returns the chosen ones that are new."""
@@ -72,6 +77,10 @@ class TubeChooser:
             added = chosen - self._known
             self._known, self._checked = chosen, time.monotonic()
         return added
+
+    def after_fork(self) -> None:
+        """Makes the lock anew in a forked worker."""
+        self._lock = threading.Lock()
 
     @property
     def known(self) -> frozenset[str]:
@@ -92,20 +101,6 @@ class TubeChooser:
             return False
         return not _matches(tube, self.exclude)
 
-    def claim(self, tube: str) -> bool:
-        """Counts a job of `tube` as running; False if the tube's cap is reached."""
-        with self._lock:
-            count = self.running.get(tube, 0)
-            if tube in self.caps and count >= self.caps[tube]:
-                return False
-            self.running[tube] = count + 1
-            return True
-
-    def unclaim(self, tube: str) -> None:
-        """Counts a job of `tube` as finished."""
-        with self._lock:
-            self.running[tube] -= 1
-
 
 def _matches(tube: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(tube, pattern) for pattern in patterns)
@@ -116,7 +111,11 @@ def _is_glob(pattern: str) -> bool:
 
 
 class Listener:
-    """Runs jobs from beanstalkd in `concurrency` slots until told to stop."""
+    """Runs jobs from beanstalkd in `concurrency` slots until told to stop.
+
+    One slot runs on a thread of this process; more run as worker processes
+    (see workers.py), which this process supervises and passes signals to.
+    """
 
     def __init__(self, address: str, chooser: TubeChooser, concurrency: int) -> None:
         self.address = address
@@ -133,42 +132,91 @@ class Listener:
         self.mailer: Mailer | None = None
         # With secrets, only jobs signed with one of them run (sign.open_body).
         self.secrets: list[Secret] = []
+        # Set in worker processes: where this one's slot shows its running job.
+        self.board: Board | None = None
+        self.slot_number = 0
+        self.workers: Workers | None = None
+        self.role = "listener"
 
     def run(self) -> None:
         """Runs the slots; returns once every slot has stopped. Blocks."""
-        slots = [Slot(self, n) for n in range(self.concurrency)]
+        if self.concurrency > 1:
+            # Forked before this process starts any thread of its own.
+            self.workers = Workers(self)
+            self.workers.start()
         presence = Presence(self.address, lambda: listener_status(self))
         presence.start()
         waker = Waker(self)
         waker.start()
-        for slot in slots:
-            slot.start()
         log.info(
             "listener %d on %s: %d slot(s), queue %s",
             os.getpid(), HOST, self.concurrency, self.address,
         )  # fmt: skip
-        for slot in slots:
-            while slot.is_alive():
-                slot.join(0.2)
+        if self.workers:
+            self.workers.supervise()
+        else:
+            self.run_slot()
         presence.stop()
         waker.join(WAKE_CHECK + 5)
         log.info("listener %d stopped", os.getpid())
+
+    def become_worker(self, number: int) -> None:
+        """Makes this forked copy of the listener run slot `number` alone."""
+        self.board = self.workers.board
+        self.workers = None
+        self.slot_number = number
+        self.role = "worker"
+        self.runs = {}
+        # Locks and events as fresh as the process: a thread of the listener
+        # may have held one at the fork.
+        self.stopping = threading.Event()
+        self.terminating = threading.Event()
+        self.chooser.after_fork()
+
+    def run_slot(self) -> None:
+        """Runs one slot on a thread of its own until it stops. Blocks."""
+        slot = Slot(self, self.slot_number)
+        slot.start()
+        while slot.is_alive():
+            slot.join(0.2)
 
     def stop(self) -> None:
         """Stops reserving; running jobs finish first (SIGINT)."""
         if self.stopping.is_set():
             self.terminate()
             return
-        log.info("listener %d stopping after its running jobs", os.getpid())
+        log.info("%s %d stopping after its running jobs", self.role, os.getpid())
         self.stopping.set()
+        if self.workers:
+            self.workers.tell(WORKER_STOP)
 
     def terminate(self) -> None:
         """Kills running jobs and releases them at once (SIGTERM)."""
-        log.info("listener %d killing its running jobs", os.getpid())
+        log.info("%s %d killing its running jobs", self.role, os.getpid())
         self.terminating.set()
         self.stopping.set()
         for run in list(self.runs.values()):
             run.kill("listener terminated")
+        if self.workers:
+            self.workers.tell(signal.SIGTERM)
+
+    def started(self, job_id: int, run: Run) -> None:
+        """Notes a job whose command is running now."""
+        self.runs[job_id] = run
+        if self.board:
+            self.board.show(self.slot_number, _entry(job_id, run))
+
+    def ended(self, job_id: int) -> None:
+        """Notes that a job's command has ended."""
+        del self.runs[job_id]
+        if self.board:
+            self.board.show(self.slot_number, None)
+
+    def running(self) -> list[dict]:
+        """Returns the jobs running now, as the listener's status shows them."""
+        if self.workers:
+            return self.workers.board.entries()
+        return [_entry(job_id, run) for job_id, run in sorted(list(self.runs.items()))]
 
 
 class Slot(threading.Thread):
@@ -245,10 +293,12 @@ class Slot(threading.Thread):
                 log.warning("%s ended but its reservation was lost", name)
 
     def _woken(self, reserved: greenstalk.Job) -> None:
-        # The next _sync_watches sees the new tube: the Waker has refreshed it.
+        # The Waker has seen a new tube. A worker process has a chooser of its
+        # own, so the slot looks too; the next _sync_watches watches it.
         log.debug("%s woken to watch a new tube", self.name)
         with contextlib.suppress(greenstalk.NotFoundError):
             self.conn.delete(reserved)
+        self.listener.chooser.refresh(self.conn)
 
     def _sync_watches(self) -> None:
         # The wake tube is always watched, which also keeps a connection with
@@ -285,13 +335,13 @@ class Slot(threading.Thread):
         if self.listener.stopping.is_set():
             self.conn.release(reserved, priority=job.pri)
             return
-        if not self.listener.chooser.claim(job.tube):
+        if not self.listener.chooser.counts.claim(job.tube):
             self.conn.release(reserved, priority=job.pri)
             return
         try:
             outcome = self._run(reserved, job)
         finally:
-            self.listener.chooser.unclaim(job.tube)
+            self.listener.chooser.counts.unclaim(job.tube)
         self._settle(reserved, job, outcome)
 
     def _run(self, reserved: greenstalk.Job, job: Job) -> Outcome:
@@ -305,13 +355,13 @@ class Slot(threading.Thread):
         )
         if not started:
             return run.outcome
-        self.listener.runs[reserved.id] = run
+        self.listener.started(reserved.id, run)
         try:
             lease = max(job.ttr / 2, 0.5)
             while not run.wait(lease):
                 self._touch(reserved)
         finally:
-            del self.listener.runs[reserved.id]
+            self.listener.ended(reserved.id)
         return run.outcome
 
     def _attempt(self, reserved: greenstalk.Job, job: Job) -> int:
@@ -390,7 +440,7 @@ class Slot(threading.Thread):
 
 
 class Waker(threading.Thread):
-    """Wakes an idle slot when a tube it should watch appears.
+    """Wakes idle slots when a tube they should watch appears.
 
     A slot waits in reserve-with-timeout for whole seconds and takes no `watch`
     meanwhile; a job in the listener's wake tube, which every slot watches, ends
@@ -417,8 +467,8 @@ class Waker(threading.Thread):
             self.conn = connect(self.listener.address, use=tube)
         if not self.listener.chooser.refresh(self.conn):
             return
-        # One waiting wake job is enough: a slot that takes it sees every tube.
-        if _ready_in(self.conn, tube) == 0:
+        # A wake job for each slot: each looks at the tubes when it takes one.
+        for _ in range(self.listener.concurrency - _ready_in(self.conn, tube)):
             self.conn.put(tube.encode(), priority=0, ttr=ERROR_TTR)
 
     def _close(self) -> None:
@@ -434,6 +484,10 @@ def _ready_in(conn: Connection, tube: str) -> int:
         return conn.stats_tube(tube)["current-jobs-ready"]
     except greenstalk.NotFoundError:
         return 0
+
+
+def _entry(job_id: int, run: Run) -> dict:
+    return running_entry(job_id, run.job.tube, run.job.describe(), run.outcome.started)
 
 
 def _attempt_of(job: Job, outcome: Outcome) -> str:
@@ -565,6 +619,8 @@ def _on_hangup(handler: logging.Handler, listener: Listener, paths: list | None)
     _reopen(handler)
     if paths:
         _reread_secrets(listener, paths)
+    if listener.workers:
+        listener.workers.tell(signal.SIGHUP)
 
 
 def _reread_secrets(listener: Listener, paths: list) -> None:

@@ -124,10 +124,6 @@ def listener_status(listener) -> dict:
 
     Reads only the listener's memory, so its slots pay nothing for it.
     """
-    running = [
-        running_entry(job_id, run.job.tube, run.job.describe(), run.outcome.started)
-        for job_id, run in sorted(list(listener.runs.items()))
-    ]
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -135,7 +131,7 @@ def listener_status(listener) -> dict:
         "concurrency": listener.concurrency,
         "tubes": sorted(listener.chooser.known),
         "stopping": listener.stopping.is_set(),
-        "running": running,
+        "running": listener.running(),
     }
 
 
