@@ -20,6 +20,8 @@ from pathlib import Path
 from .errors import GlowError
 
 log = logging.getLogger(__name__)
+# Whole command lines (-ww): a listener's workers are told apart by theirs.
+PROCESS_TABLE = "ps -ww -eo pid=,ppid=,args="
 
 # Loaded listener units, and enabled ones: systemd unloads a stopped instance.
 SHOW_UNITS = (
@@ -320,7 +322,7 @@ def inspect(conn, host: Host) -> list[Unit]:
     shown = _run(conn, host, f"sh -c {shlex.quote(SHOW_UNITS)}")
     units = [_unit_from(block) for block in shown.split("\n\n") if "Id=" in block]
     if any(unit.pid for unit in units):
-        _add_processes(units, _run(conn, host, "ps -eo pid=,ppid=,args="))
+        _add_processes(units, _run(conn, host, PROCESS_TABLE))
     return sorted(units, key=lambda unit: unit.unit)
 
 
@@ -336,12 +338,23 @@ def _unit_from(block: str) -> Unit:
 
 def _add_processes(units: list[Unit], table: str) -> None:
     by_pid = {unit.pid: unit for unit in units if unit.pid}
+    rows = []
     for line in table.splitlines():
         pid, ppid, args = (line.split(None, 2) + ["", ""])[:3]
+        rows.append((int(pid), int(ppid), args))
         if int(pid) in by_pid:
             by_pid[int(pid)].command = args
-        elif int(ppid) in by_pid:
-            by_pid[int(ppid)].jobs.append(args)
+    # A listener of more than one slot forks a worker per slot, with its own
+    # command line; the jobs are the workers' children.
+    workers = {
+        pid: by_pid[ppid]
+        for pid, ppid, args in rows
+        if ppid in by_pid and args == by_pid[ppid].command
+    }
+    for pid, ppid, args in rows:
+        unit = by_pid.get(ppid) or workers.get(ppid)
+        if unit and pid not in workers:
+            unit.jobs.append(args)
 
 
 def _is_stopped(unit: Unit) -> bool:

@@ -138,3 +138,20 @@ def test_sighup_reaches_the_workers_which_reopen_the_log_file(
     wait_for(lambda: all(gone(client, job_id) for job_id in ids), timeout=20)
     text = wait_for(lambda: log.read_text().count("completed") == 2 and log.read_text())
     assert all(f"job {job_id} (tube t) completed" in text for job_id in ids)
+
+
+def test_glow_fleet_counts_the_jobs_of_the_workers_not_the_workers(listen, client):
+    from glowtools.fleet import PROCESS_TABLE, Unit, _add_processes
+
+    listener = listen("-c", "2")
+    job_id = put("-t", "t", "--", "sleep", "30")
+    wait_for(lambda: client.stats_job(job_id)["state"] == "reserved")
+    table = subprocess.run(
+        PROCESS_TABLE.split(), capture_output=True, text=True, check=True
+    ).stdout
+    unit = Unit("glow-listen@main.service", "active", "running", listener.proc.pid)
+
+    _add_processes([unit], table)
+
+    assert unit.command.endswith("glow-listen -v -c 2")
+    assert unit.jobs == ["sleep 30"]
