@@ -13,6 +13,7 @@ import greenstalk
 from .procs import (
     BIN,
     Server,
+    children,
     cpu_seconds,
     cpu_timed_run,
     deleted,
@@ -20,6 +21,7 @@ from .procs import (
     median,
     peak_rss_mb,
     percentile,
+    pss_mb,
     put_pipelined,
     spread,
     start,
@@ -192,15 +194,18 @@ def dispatch_figures(
     runs: dict[str, list[float]] = {"floor": [], "c1": [], "tubes": [], "c2": []}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     peaks: list[float] = []
+    together: list[float] = []
     for _ in range(repeat):
         for name in runs:
             server.restart()
             if name == "tubes":
                 _fill_extra_tubes(server)
-            rate, used, peak = _dispatch(server, name, work / f"{name}.log")
+            rate, used, peak, pss = _dispatch(server, name, work / f"{name}.log")
             runs[name].append(rate)
             cpu[name].append(used)
             peaks.append(peak)
+            if name == "c2":
+                together.append(pss)
     floor_rate, c1, tubes, c2 = (median(runs[n]) for n in runs)
     per_job = ", ".join(f"{n} {median(ms):.2f}" for n, ms in cpu.items())
     figures = [
@@ -232,6 +237,14 @@ def dispatch_figures(
             ("ratio", ">=", 1.6),
             spread(runs["c2"]),
         ),
+        Figure(
+            "memory: listener of 2 slots, with its workers",
+            max(together),
+            "MB PSS",
+            goal=("value", "<", 40),
+            note="proportional set size of the 3 processes together, each after "
+            f"its {DISPATCH_JOBS:,} jobs; the most over {repeat} runs",
+        ),
     ]
     return figures, max(peaks)
 
@@ -242,8 +255,13 @@ def _fill_extra_tubes(server: Server) -> None:
         put_pipelined(server.address, f"bench-idle-{n:03d}", [body], delay=3600)
 
 
-def _dispatch(server: Server, name: str, log: Path) -> tuple[float, float, float]:
-    """Returns jobs/s, CPU ms per job and peak RSS of one run."""
+def _dispatch(
+    server: Server, name: str, log: Path
+) -> tuple[float, float, float, float]:
+    """Returns jobs/s, CPU ms per job, peak RSS and the PSS of one run.
+
+    A listener of two slots is counted with its two worker processes.
+    """
     tube = "bench-dispatch"
     if name == "floor":
         argv = floor("dispatch", server.address, tube, str(DISPATCH_JOBS + 1))
@@ -257,16 +275,18 @@ def _dispatch(server: Server, name: str, log: Path) -> tuple[float, float, float
         with server.client(watch=tube) as client:
             put_pipelined(server.address, tube, [body])
             wait_deleted(client, tube, 1, timeout=15)
-            began, cpu = time.perf_counter(), cpu_seconds(proc.pid)
+            pids = [proc.pid, *(children(proc.pid) if name == "c2" else [])]
+            began, cpu = time.perf_counter(), sum(map(cpu_seconds, pids))
             put_pipelined(server.address, tube, [body] * DISPATCH_JOBS)
             wait_deleted(client, tube, DISPATCH_JOBS + 1)
             rate = DISPATCH_JOBS / (time.perf_counter() - began)
             # The floor has exited by now, but is not reaped: its counters stay.
-            used = cpu_seconds(proc.pid) - cpu
+            used = sum(map(cpu_seconds, pids)) - cpu
         peak = peak_rss_mb(proc.pid) if name != "floor" else 0.0
+        pss = pss_mb(pids) if name == "c2" else 0.0
     finally:
         stop(proc)
-    return rate, used * 1000 / DISPATCH_JOBS, peak
+    return rate, used * 1000 / DISPATCH_JOBS, peak, pss
 
 
 def latency_figures(server: Server, work: Path) -> tuple[list[Figure], float]:

@@ -162,6 +162,28 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def children(pid: int) -> list[int]:
+    """Returns a live process's child processes (a listener's workers)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def pss_mb(pids: list[int]) -> float:
+    """Returns the proportional set size of live processes together, in MB.
+
+    Pages shared between them, as a forked worker shares its listener's, are
+    counted once in all.
+    """
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
 def cpu_seconds(pid: int) -> float:
     """Returns the CPU time a live process has used so far, its children aside."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
