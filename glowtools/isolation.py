@@ -444,6 +444,8 @@ class Host:
         self.subreaper = become_subreaper()
         self._children = _open_children() if self.subreaper else None
         self.running: set[str] = set()
+        # The CPUs a job is given once started, when its listener's are fewer.
+        self.job_cpus: set[int] | None = None
         if self.users.is_root and self.users.allowed:
             drop_supplementary_groups()
 

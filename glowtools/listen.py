@@ -137,6 +137,7 @@ class Listener:
         self.slot_number = 0
         self.workers: Workers | None = None
         self.role = "listener"
+        self.pin = True
 
     def run(self) -> None:
         """Runs the slots; returns once every slot has stopped. Blocks."""
@@ -558,6 +559,9 @@ def listen(
     cgroups: Annotated[
         bool, Opt(help="Use cgroups for memory and nproc limits where offered.")
     ] = True,
+    pin: Annotated[
+        bool, Opt(help="Keep each worker (-c above 1) on a CPU; jobs get all CPUs.")
+    ] = True,
     queue: options.Queue = None,
     secret_file: options.SecretFile = None,
     verbose: options.Verbose = 0,
@@ -575,6 +579,7 @@ def listen(
     parse_address(address)
     chooser = TubeChooser(_split(tubes), _split(exclude), _caps(limit or []))
     listener = Listener(address, chooser, concurrency)
+    listener.pin = pin
     secret_file = [path.absolute() for path in secret_file or []]
     listener.secrets = _secrets(secret_file)
     _enter_workdir()

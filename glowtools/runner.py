@@ -153,6 +153,8 @@ class Run:
         finally:
             if self.confinement:
                 self.confinement.started()
+        if self.host and self.host.job_cpus:
+            _give_cpus(proc.pid, self.host.job_cpus)
         for pipe, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
             target = self._paths[getattr(job, name)]
             self._sinks[pipe.fileno()] = (target, _Tail())
@@ -380,6 +382,15 @@ def _ended(pid: int, seconds: float) -> bool | None:
         return bool(poller.poll(seconds * 1000))
     finally:
         os.close(fd)
+
+
+def _give_cpus(pid: int, cpus: set[int]) -> None:
+    # The command has started, on its worker's CPU: from here on it may use
+    # every CPU, as may anything it starts.
+    try:
+        os.sched_setaffinity(pid, cpus)
+    except OSError:
+        pass  # ended already
 
 
 def _check_workdir(path: str) -> None:

@@ -155,3 +155,48 @@ def test_glow_fleet_counts_the_jobs_of_the_workers_not_the_workers(listen, clien
 
     assert unit.command.endswith("glow-listen -v -c 2")
     assert unit.jobs == ["sleep 30"]
+
+
+def cpus_of(pid: int | str) -> set[int]:
+    return parse_cpus(Path(f"/proc/{pid}/status").read_text())
+
+
+def parse_cpus(status: str) -> set[int]:
+    line = next(x for x in status.splitlines() if x.startswith("Cpus_allowed_list:"))
+    cpus = set()
+    for part in line.split(":", 1)[1].strip().split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def test_workers_keep_to_a_cpu_each_and_their_jobs_get_every_cpu(
+    listen, client, tmp_path
+):
+    listener = listen("-c", "2")
+    allowed = cpus_of(listener.proc.pid)
+    workers = wait_for(lambda: len(children(listener.proc.pid)) == 2 and children(
+        listener.proc.pid
+    ))  # fmt: skip
+    # What a job's child process may use, read once the job has settled in.
+    script = f"sleep 0.2; cat /proc/self/status > {tmp_path / 'status'}"
+    job_id = put("-t", "t", "--", "sh", "-c", script)
+
+    wait_for(lambda: gone(client, job_id))
+    assert parse_cpus((tmp_path / "status").read_text()) == allowed
+    pinned = [cpus_of(pid) for pid in workers]
+    if len(allowed) >= 2:
+        assert all(len(cpus) == 1 for cpus in pinned)
+        assert pinned[0] != pinned[1]
+    else:
+        assert pinned == [allowed, allowed]
+
+
+def test_no_pin_leaves_the_workers_every_cpu(listen):
+    listener = listen("-c", "2", "--no-pin")
+    allowed = cpus_of(listener.proc.pid)
+    workers = wait_for(lambda: len(children(listener.proc.pid)) == 2 and children(
+        listener.proc.pid
+    ))  # fmt: skip
+
+    assert [cpus_of(pid) for pid in workers] == [allowed, allowed]
