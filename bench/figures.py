@@ -1,6 +1,7 @@
 """Each group of figures of issue 7, measured beside its floor on the same server."""
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -191,7 +192,9 @@ def dispatch_figures(
     server: Server, work: Path, repeat: int
 ) -> tuple[list[Figure], float]:
     """/bin/true jobs through one listener against a reserve/spawn/delete loop."""
-    runs: dict[str, list[float]] = {"floor": [], "c1": [], "tubes": [], "c2": []}
+    runs: dict[str, list[float]] = {
+        "floor": [], "c1": [], "tubes": [], "c2": [], "floor2": []
+    }  # fmt: skip
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     peaks: list[float] = []
     together: list[float] = []
@@ -206,7 +209,7 @@ def dispatch_figures(
             peaks.append(peak)
             if name == "c2":
                 together.append(pss)
-    floor_rate, c1, tubes, c2 = (median(runs[n]) for n in runs)
+    floor_rate, c1, tubes, c2, floor2 = (median(runs[n]) for n in runs)
     per_job = ", ".join(f"{n} {median(ms):.2f}" for n, ms in cpu.items())
     figures = [
         Figure(
@@ -238,12 +241,21 @@ def dispatch_figures(
             spread(runs["c2"]),
         ),
         Figure(
+            "dispatch: 2 reserve/spawn/delete loops, a CPU each (for scale)",
+            floor2,
+            "jobs/s",
+            floor_rate,
+            "1 loop",
+            note="what this machine gives a second dispatcher: "
+            + spread(runs["floor2"]),
+        ),
+        Figure(
             "memory: listener of 2 slots, with its workers",
             max(together),
             "MB PSS",
             goal=("value", "<", 40),
             note="proportional set size of the 3 processes together, each after "
-            f"its {DISPATCH_JOBS:,} jobs; the most over {repeat} runs",
+            f"{2 * DISPATCH_JOBS:,} jobs; the most over {repeat} runs",
         ),
     ]
     return figures, max(peaks)
@@ -263,30 +275,46 @@ def _dispatch(
     A listener of two slots is counted with its two worker processes.
     """
     tube = "bench-dispatch"
+    jobs = DISPATCH_JOBS * (2 if name in ("c2", "floor2") else 1)
     if name == "floor":
         argv = floor("dispatch", server.address, tube, str(DISPATCH_JOBS + 1))
+    elif name == "floor2":
+        argv = floor("dispatch", server.address, tube, "0", *_cpus()[:1])
     else:
         concurrency = "2" if name == "c2" else "1"
         argv = tool("glow-listen", "--queue", server.address, "-c", concurrency)
     body = json.dumps({"cmd": "/bin/true", "tube": tube}).encode()
     proc = start(argv, log)
+    if name == "floor2":
+        second = start(floor("dispatch", server.address, tube, "0", *_cpus()[1:2]), log)
+    else:
+        second = None
     try:
         # Watching keeps the tube, and its counters, after the floor has exited.
         with server.client(watch=tube) as client:
             put_pipelined(server.address, tube, [body])
             wait_deleted(client, tube, 1, timeout=15)
             pids = [proc.pid, *(children(proc.pid) if name == "c2" else [])]
+            pids += [second.pid] if second else []
             began, cpu = time.perf_counter(), sum(map(cpu_seconds, pids))
-            put_pipelined(server.address, tube, [body] * DISPATCH_JOBS)
-            wait_deleted(client, tube, DISPATCH_JOBS + 1)
-            rate = DISPATCH_JOBS / (time.perf_counter() - began)
+            put_pipelined(server.address, tube, [body] * jobs)
+            wait_deleted(client, tube, jobs + 1)
+            rate = jobs / (time.perf_counter() - began)
             # The floor has exited by now, but is not reaped: its counters stay.
             used = sum(map(cpu_seconds, pids)) - cpu
         peak = peak_rss_mb(proc.pid) if name != "floor" else 0.0
         pss = pss_mb(pids) if name == "c2" else 0.0
     finally:
         stop(proc)
-    return rate, used * 1000 / DISPATCH_JOBS, peak, pss
+        if second:
+            stop(second)
+    return rate, used * 1000 / jobs, peak, pss
+
+
+def _cpus() -> list[str]:
+    # The two floor loops keep to a CPU each, as two listener workers do.
+    cpus = sorted(os.sched_getaffinity(0))
+    return [str(cpu) for cpu in cpus[:2]] if len(cpus) >= 2 else []
 
 
 def latency_figures(server: Server, work: Path) -> tuple[list[Figure], float]:
