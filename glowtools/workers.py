@@ -36,6 +36,8 @@ _COUNT = 8  # bytes of a capped tube's count
 # A worker that dies sooner than this after it started is started again only
 # after this long, so that a worker that cannot start does not spin.
 RESTART_PAUSE = 1.0
+# Held back across a fork, until the worker has handlers of its own for them.
+_PASSED_ON = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, WORKER_STOP}
 
 
 class Counts:
@@ -176,18 +178,24 @@ class Workers:
 
     def _fork(self, number: int) -> None:
         parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            _work(self.listener, number, parent)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _PASSED_ON)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                _work(self.listener, number, parent, mask)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.pids[pid] = number
         self.started[number] = time.monotonic()
 
 
-def _work(listener, number: int, parent: int) -> None:
+def _work(listener, number: int, parent: int, mask) -> None:
     """Runs slot `number` in a forked worker; never returns."""
     code = 1
     try:
         _become_worker(listener, number, parent)
+        # Signals that came since the fork are handled here, as the worker's.
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         listener.run_slot()
         code = 0
     except BaseException:
