@@ -3,7 +3,6 @@
 The listener decides when a job runs; this module decides how.
 """
 
-import contextlib
 import os
 import select
 import signal
@@ -67,6 +66,8 @@ class _Tail:
         self.data = (self.data + chunk)[-TAIL_BYTES:]
 
     def text(self) -> str:
+        if not self.data:
+            return ""
         lines = self.data.decode(errors="replace").splitlines()
         return "\n".join(lines[-TAIL_LINES:])
 
@@ -96,6 +97,10 @@ class Run:
         self._sinks: dict[int, tuple[int | None, _Tail]] = {}
         self._pipes: dict[int, object] = {}
         self._files: list[int] = []
+        # Readable once the command has ended; polled with its pipes, so that
+        # the end of a job needs no poll of its own (None without pidfds).
+        self._pidfd: int | None = None
+        self._exited = False
 
     def start(self) -> bool:
         """Spawns the command; returns False, with the outcome set, if it cannot."""
@@ -104,7 +109,8 @@ class Run:
             account = self.confinement and self.confinement.account
             with acting_as(account):
                 self._open_outputs()
-                _check_workdir(self.job.workdir)
+                if account or not self._spawnable():
+                    _check_workdir(self.job.workdir)
             self.proc = self._spawn()
         except _SpawnError as exc:
             self.outcome.error = str(exc)
@@ -155,13 +161,17 @@ class Run:
                 self.confinement.started()
         if self.host and self.host.job_cpus:
             _give_cpus(proc.pid, self.host.job_cpus)
+        self._tails = []
         for pipe, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
-            target = self._paths[getattr(job, name)]
-            self._sinks[pipe.fileno()] = (target, _Tail())
-            self._pipes[pipe.fileno()] = pipe
-            self._poller.register(pipe.fileno(), select.POLLIN)
-        self._tails = [self._sinks[proc.stdout.fileno()][1]]
-        self._tails.append(self._sinks[proc.stderr.fileno()][1])
+            fd = pipe if isinstance(pipe, int) else pipe.fileno()
+            tail = _Tail()
+            self._sinks[fd] = (self._paths[getattr(job, name)], tail)
+            self._pipes[fd] = pipe
+            self._poller.register(fd, select.POLLIN)
+            self._tails.append(tail)
+        self._pidfd = _pidfd(proc.pid)
+        if self._pidfd is not None:
+            self._poller.register(self._pidfd, select.POLLIN)
         return proc
 
     def _spawnable(self) -> bool:
@@ -178,23 +188,22 @@ class Run:
             (os.POSIX_SPAWN_DUP2, err[1], 2),
         ]
         try:
-            with self._spawn_errors():
-                pid = os.posix_spawnp(
-                    job.cmd, [job.cmd, *job.args], env, file_actions=actions,
-                    setsid=True, setsigdef=_DEFAULT_SIGNALS,
-                )  # fmt: skip
-        except _SpawnError:
+            pid = os.posix_spawnp(
+                job.cmd, [job.cmd, *job.args], env, file_actions=actions,
+                setsid=True, setsigdef=_DEFAULT_SIGNALS,
+            )  # fmt: skip
+        except OSError as exc:
             os.close(out[0])
             os.close(err[0])
-            raise
+            raise self._spawn_error(exc) from None
         finally:
             os.close(out[1])
             os.close(err[1])
-        return _Spawned(pid, open(out[0], "rb", 0), open(err[0], "rb", 0))
+        return _Spawned(pid, out[0], err[0])
 
     def _popen(self, env: dict[str, str], preexec) -> subprocess.Popen:
         job = self.job
-        with self._spawn_errors():
+        try:
             return subprocess.Popen(
                 [job.cmd, *job.args],
                 cwd=job.workdir,
@@ -205,23 +214,20 @@ class Run:
                 start_new_session=True,
                 preexec_fn=preexec,
             )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise self._spawn_error(exc) from None
 
-    @contextlib.contextmanager
-    def _spawn_errors(self):
-        job = self.job
-        try:
-            yield
-        except FileNotFoundError:
-            raise _SpawnError(f"command {job.cmd!r} not found") from None
-        except PermissionError:
-            raise _SpawnError(f"command {job.cmd!r} is not executable") from None
-        except BlockingIOError:
-            raise _SpawnError(self._blocked()) from None
-        except OSError as exc:
-            raise _SpawnError(f"command {job.cmd!r} failed to start: {exc}") from None
-        except subprocess.SubprocessError as exc:
-            problem = f"cannot apply the job's limits or user ({exc})"
-            raise _SpawnError(problem) from None
+    def _spawn_error(self, exc: Exception) -> "_SpawnError":
+        cmd = self.job.cmd
+        if isinstance(exc, FileNotFoundError):
+            return _SpawnError(f"command {cmd!r} not found")
+        if isinstance(exc, PermissionError):
+            return _SpawnError(f"command {cmd!r} is not executable")
+        if isinstance(exc, BlockingIOError):
+            return _SpawnError(self._blocked())
+        if isinstance(exc, OSError):
+            return _SpawnError(f"command {cmd!r} failed to start: {exc}")
+        return _SpawnError(f"cannot apply the job's limits or user ({exc})")
 
     def _blocked(self) -> str:
         nproc = self.job.limits.get("nproc")
@@ -243,7 +249,7 @@ class Run:
             if now >= until:
                 return False
             self._pump(min(until - now, 0.5))
-            if self._sinks and self.proc.poll() is not None:
+            if self._sinks and self._has_exited():
                 self._end_leftovers()
 
     def _on_deadline(self) -> None:
@@ -255,11 +261,15 @@ class Run:
 
     def _pump(self, seconds: float) -> None:
         for fd, _ in self._poller.poll(max(seconds, 0) * 1000):
+            if fd == self._pidfd:
+                self._exited = True
+                self._poller.unregister(fd)
+                continue
             chunk = os.read(fd, _READ_SIZE)
             target, tail = self._sinks[fd]
             if not chunk:
                 self._poller.unregister(fd)
-                self._pipes.pop(fd).close()
+                _close_pipe(self._pipes.pop(fd))
                 del self._sinks[fd]
                 continue
             tail.add(chunk)
@@ -274,9 +284,16 @@ class Run:
             self.host.sweep(ended=str(self.job_id))
         self._pump(0.2)
 
+    def _has_exited(self) -> bool:
+        if self._pidfd is None:
+            return self.proc.poll() is not None
+        return self._exited
+
     def _reap(self, seconds: float) -> bool:
-        if _ended(self.proc.pid, max(seconds, 0)) is False:
-            return False
+        if self._pidfd is not None and not self._exited:
+            self._pump(seconds)  # only the pidfd is left to poll
+            if not self._exited:
+                return False
         try:
             code = self.proc.wait(max(seconds, 0))
         except subprocess.TimeoutExpired:
@@ -299,6 +316,9 @@ class Run:
             out.error = self.confinement.reason(out.signal, out.stderr_tail)
         self._close_files()
         self._end_confinement()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
         if self.host:
             self.host.running.discard(str(self.job_id))
             self.host.sweep()
@@ -333,9 +353,12 @@ class Run:
 
 
 class _Spawned:
-    """A command started with posix_spawn, as much of a Popen as a Run uses."""
+    """A command started with posix_spawn, as much of a Popen as a Run uses.
 
-    def __init__(self, pid: int, stdout, stderr) -> None:
+    Its stdout and stderr are the read ends of its pipes as bare fds.
+    """
+
+    def __init__(self, pid: int, stdout: int, stderr: int) -> None:
         self.pid = pid
         self.stdout = stdout
         self.stderr = stderr
@@ -366,22 +389,20 @@ class _SpawnError(Exception):
     """The command could not be started; the message says why."""
 
 
-def _ended(pid: int, seconds: float) -> bool | None:
-    """Waits up to `seconds` for a child to end; None if the wait cannot be made.
-
-    A pidfd wakes the caller the moment the child ends, where Popen.wait with a
-    timeout polls with sleeps that cost a job about a millisecond.
-    """
+def _pidfd(pid: int) -> int | None:
+    # A pidfd wakes a poll the moment the child ends, where a wait with a
+    # timeout polls with sleeps that cost a job about a millisecond.
     try:
-        fd = os.pidfd_open(pid)
+        return os.pidfd_open(pid)
     except (AttributeError, OSError):
-        return None
-    try:
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(seconds * 1000))
-    finally:
-        os.close(fd)
+        return None  # an older kernel: the end is found by waitpid
+
+
+def _close_pipe(pipe) -> None:
+    if isinstance(pipe, int):
+        os.close(pipe)
+    else:
+        pipe.close()
 
 
 def _give_cpus(pid: int, cpus: set[int]) -> None:
