@@ -17,6 +17,11 @@ from .job import Job
 _READ_SIZE = 65536
 # Python ignores these; a command expects them as they are by default.
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+# For its first seconds a job is watched for its end only, not for output: each
+# of its pipes closing would wake the listener on its own (and preempt the job
+# as it exits). Output waits in the pipes meanwhile; a job that fills one
+# stalls for at most this long, once.
+_QUIET_START = 0.01
 
 
 @dataclass
@@ -101,6 +106,8 @@ class Run:
         # the end of a job needs no poll of its own (None without pidfds).
         self._pidfd: int | None = None
         self._exited = False
+        self._quiet = True
+        self._plain = False
 
     def start(self) -> bool:
         """Spawns the command; returns False, with the outcome set, if it cannot."""
@@ -109,7 +116,9 @@ class Run:
             account = self.confinement and self.confinement.account
             with acting_as(account):
                 self._open_outputs()
-                if account or not self._spawnable():
+                # In the listener's own folder, as its user, nothing to check.
+                self._plain = not account and self._spawnable()
+                if not self._plain:
                     _check_workdir(self.job.workdir)
             self.proc = self._spawn()
         except _SpawnError as exc:
@@ -152,7 +161,7 @@ class Run:
         env["GLOW_JOB_ID"] = str(self.job_id)
         env["GLOW_TUBE"] = job.tube
         try:
-            if preexec is None and self._spawnable():
+            if preexec is None and self._plain:
                 proc = self._posix_spawn(env)
             else:
                 proc = self._popen(env, preexec)
@@ -170,8 +179,6 @@ class Run:
             self._poller.register(fd, select.POLLIN)
             self._tails.append(tail)
         self._pidfd = _pidfd(proc.pid)
-        if self._pidfd is not None:
-            self._poller.register(self._pidfd, select.POLLIN)
         return proc
 
     def _spawnable(self) -> bool:
@@ -239,6 +246,8 @@ class Run:
         """Copies output for up to `seconds`; returns True once the job has ended."""
         if self.proc is None:
             return True
+        if self._quiet:
+            self._quiet_start(seconds)
         until = time.monotonic() + seconds
         while True:
             now = time.monotonic()
@@ -251,6 +260,17 @@ class Run:
             self._pump(min(until - now, 0.5))
             if self._sinks and self._has_exited():
                 self._end_leftovers()
+
+    def _quiet_start(self, seconds: float) -> None:
+        self._quiet = False
+        if self._pidfd is None:
+            return
+        ending = select.poll()
+        ending.register(self._pidfd, select.POLLIN)
+        if ending.poll(min(seconds, _QUIET_START) * 1000):
+            self._exited = True  # its pipes are at their end, or soon read
+        else:
+            self._poller.register(self._pidfd, select.POLLIN)
 
     def _on_deadline(self) -> None:
         if self._killed_for:
