@@ -176,16 +176,19 @@ class Connection(greenstalk.Client):
             progress(len(ids))
 
     def delete_then_reserve(
-        self, job_id: int, timeout: int
+        self, job_id: int, timeout: int, meanwhile: Callable[[], None] | None = None
     ) -> tuple[bool, greenstalk.Job | None]:
         """Deletes a job and reserves the next in one round trip; blocks.
 
         Returns whether the delete found the job, and the job reserved, None if
         none came within `timeout` seconds or a reserved one's deadline is near.
+        `meanwhile` is called once both are sent, while beanstalkd answers.
         """
         with self._translated():
             cmds = b"delete %d\r\nreserve-with-timeout %d\r\n" % (job_id, timeout)
             self._sock.sendall(cmds)
+            if meanwhile:
+                meanwhile()
             deleted = self._answer(b"delete", (b"DELETED", b"NOT_FOUND"))
             reserved = self._answer(
                 b"reserve", (b"RESERVED", b"TIMED_OUT", b"DEADLINE_SOON")

@@ -59,6 +59,9 @@ TUBE_REFRESH = 0.5
 RESERVE_WAIT = 1
 # Time a job's process tree gets between SIGTERM and SIGKILL.
 KILL_GRACE = 5.0
+# A listener says a job's start (without -v) once it has run this long, in
+# seconds: a shorter job gets one log line, when it ends.
+SAY_RUNNING_AFTER = 1.0
 
 # Failure mail: the SMTP port when --smtp names none, seconds a send may take,
 # mails waiting at most, and the variables holding the login (never flags).

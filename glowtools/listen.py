@@ -24,6 +24,7 @@ from .defaults import (
     MAX_DELAY,
     PRIVATE_ENV_PREFIX,
     RESERVE_WAIT,
+    SAY_RUNNING_AFTER,
     TUBE_REFRESH,
     WAKE_CHECK,
     is_internal_tube,
@@ -229,8 +230,10 @@ class Slot(threading.Thread):
         self.conn: Connection | None = None
         self.watching: set[str] = {"default"}
         self.synced: frozenset[str] | None = None
-        # A completed job whose delete goes out with the next reserve.
+        # A completed job whose delete goes out with the next reserve, and
+        # its log line, said while beanstalkd answers (name, seconds, job).
         self.done: tuple[int, str] | None = None
+        self.unsaid: tuple[str, float, Job] | None = None
 
     def run(self) -> None:
         backoff = 0.5
@@ -279,13 +282,22 @@ class Slot(threading.Thread):
                 return self.conn.reserve(timeout=RESERVE_WAIT)
             except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
                 return None
-        (job_id, name), self.done = self.done, None
-        deleted, reserved = self.conn.delete_then_reserve(job_id, RESERVE_WAIT)
+        job_id, name = self.done
+        deleted, reserved = self.conn.delete_then_reserve(
+            job_id, RESERVE_WAIT, self._say_completed
+        )
+        self.done = None
         if not deleted:
             log.warning("%s ended but its reservation was lost; it may run again", name)
         return reserved
 
+    def _say_completed(self) -> None:
+        if self.unsaid:
+            (name, seconds, job), self.unsaid = self.unsaid, None
+            log.info("%s completed in %.2f s: %s", name, seconds, job.describe())
+
     def _delete_done(self) -> None:
+        self._say_completed()
         if self.done is not None and self.conn is not None:
             (job_id, name), self.done = self.done, None
             try:
@@ -316,6 +328,7 @@ class Slot(threading.Thread):
         self.watching, self.synced = wanted, chosen
 
     def _drop_connection(self) -> None:
+        self._say_completed()
         if self.done is not None:
             name = self.done[1]
             log.warning(
@@ -347,23 +360,31 @@ class Slot(threading.Thread):
 
     def _run(self, reserved: greenstalk.Job, job: Job) -> Outcome:
         run = Run(job, reserved.id, self.listener.base_env, self.listener.host)
-        run.outcome.attempt = attempt = self._attempt(reserved, job)
-        started = run.start()
-        # Said once the command is spawned: the line is written while it starts.
-        of = f" (attempt {attempt} of {job.retries + 1})" if job.retries else ""
-        log.info(
-            "job %d (tube %s) running%s: %s", reserved.id, job.tube, of, job.describe()
-        )
-        if not started:
+        run.outcome.attempt = self._attempt(reserved, job)
+        if not run.start():
             return run.outcome
         self.listener.started(reserved.id, run)
+        # A job that ends within SAY_RUNNING_AFTER gets one line, at its end;
+        # with -v, or once it has run that long, its start is said too.
+        said = log.isEnabledFor(logging.DEBUG)
+        if said:
+            self._say_running(reserved, job, run.outcome.attempt)
         try:
             lease = max(job.ttr / 2, 0.5)
-            while not run.wait(lease):
+            while not run.wait(lease if said else min(lease, SAY_RUNNING_AFTER)):
+                if not said:
+                    self._say_running(reserved, job, run.outcome.attempt)
+                    said = True
                 self._touch(reserved)
         finally:
             self.listener.ended(reserved.id)
         return run.outcome
+
+    def _say_running(self, reserved: greenstalk.Job, job: Job, attempt: int) -> None:
+        of = f" (attempt {attempt} of {job.retries + 1})" if job.retries else ""
+        log.info(
+            "job %d (tube %s) running%s: %s", reserved.id, job.tube, of, job.describe()
+        )
 
     def _attempt(self, reserved: greenstalk.Job, job: Job) -> int:
         # beanstalkd counts a job's releases; each retry is one. Other releases
@@ -387,7 +408,7 @@ class Slot(threading.Thread):
         try:
             if outcome.ok:
                 self.done = (reserved.id, name)
-                log.info("%s completed in %.2f s", name, outcome.duration)
+                self.unsaid = (name, outcome.duration, job)
             elif self.listener.terminating.is_set():
                 self.conn.release(reserved, priority=job.pri)
                 log.info("%s released: the listener was terminated", name)

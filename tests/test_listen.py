@@ -2,12 +2,13 @@
 
 import json
 import os
+import re
 import signal
 import time
 
 import greenstalk
 import pytest
-from conftest import error_reports, wait_for
+from conftest import Daemon, error_reports, wait_for
 from support import gone, put
 
 
@@ -275,6 +276,42 @@ def test_sighup_reopens_the_log_file(beanstalkd, tmp_path, listen):
     put("-t", "t", "--", "true")
 
     wait_for(lambda: log.exists() and "completed" in log.read_text())
+
+
+@pytest.fixture
+def quiet_listener(beanstalkd, tmp_path):
+    """A glow-listen without -v: INFO lines only."""
+    listener = Daemon(["glow-listen", "--tubes", "t"], tmp_path / "quiet.log")
+    try:
+        listener.wait_log("slot(s)")
+        yield listener
+    finally:
+        listener.kill()
+
+
+def test_a_short_job_gets_one_log_line_when_it_ends(quiet_listener, client):
+    job_id = put("-t", "t", "--", "echo", "hi")
+
+    line = quiet_listener.wait_log(f"job {job_id} (tube t) completed in")
+    assert f"job {job_id} (tube t) running" not in line
+    assert re.search(rf"job {job_id} \(tube t\) completed in [0-9.]+ s: echo hi", line)
+
+
+def test_a_long_job_is_said_to_be_running_after_a_second(quiet_listener, client):
+    job_id = put("-t", "t", "--", "sleep", "1.5")
+
+    quiet_listener.wait_log(f"job {job_id} (tube t) running: sleep 1.5")
+    assert "completed" not in quiet_listener.log
+    quiet_listener.wait_log(f"job {job_id} (tube t) completed in")
+
+
+def test_verbose_says_a_short_jobs_start_at_once(listen, client):
+    listener = listen()
+    job_id = put("-t", "t", "--", "echo", "hi")
+
+    log = listener.wait_log(f"job {job_id} (tube t) completed in")
+    running = log.index(f"job {job_id} (tube t) running: echo hi")
+    assert running < log.index(f"job {job_id} (tube t) completed in")
 
 
 def test_listener_survives_beanstalkd_going_away_and_coming_back(
