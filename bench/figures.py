@@ -188,64 +188,101 @@ def _heavy_imports(puts: dict[str, list[str]]) -> Figure:
     )
 
 
+# Where beanstalkd and a dispatcher run: on CPUs of their own, where the
+# scheduler puts them, on one CPU together; "each": two dispatchers a CPU each.
+LAYOUTS = ("apart", "free", "same", "each")
+# The dispatch runs: (name, what runs, where).
+DISPATCH_RUNS = (
+    ("floor", "floor", "apart"),
+    ("c1", "c1", "apart"),
+    ("tubes", "c1", "apart"),
+    ("floor-free", "floor", "free"),
+    ("c1-free", "c1", "free"),
+    ("floor-same", "floor", "same"),
+    ("c1-same", "c1", "same"),
+    ("c2", "c2", "free"),
+    ("floor2", "floor2", "each"),
+)
+
+
 def dispatch_figures(
     server: Server, work: Path, repeat: int
 ) -> tuple[list[Figure], float]:
     """/bin/true jobs through one listener against a reserve/spawn/delete loop."""
-    runs: dict[str, list[float]] = {
-        "floor": [], "c1": [], "tubes": [], "c2": [], "floor2": []
-    }  # fmt: skip
+    layouts = _layouts()
+    runs: dict[str, list[float]] = {name: [] for name, _, _ in DISPATCH_RUNS}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
     peaks: list[float] = []
     together: list[float] = []
     for _ in range(repeat):
-        for name in runs:
-            server.restart()
+        for name, what, where in DISPATCH_RUNS:
+            server_cpu, cpus = layouts[where]
+            server.restart(server_cpu)
             if name == "tubes":
                 _fill_extra_tubes(server)
-            rate, used, peak, pss = _dispatch(server, name, work / f"{name}.log")
+            rate, used, peak, pss = _dispatch(server, what, work / f"{name}.log", cpus)
             runs[name].append(rate)
             cpu[name].append(used)
             peaks.append(peak)
-            if name == "c2":
+            if what == "c2":
                 together.append(pss)
-    floor_rate, c1, tubes, c2, floor2 = (median(runs[n]) for n in runs)
+    rate = {name: median(values) for name, values in runs.items()}
     per_job = ", ".join(f"{n} {median(ms):.2f}" for n, ms in cpu.items())
+    floor_name = "reserve/spawn/delete"
     figures = [
         Figure(
-            "dispatch: listener, concurrency 1",
-            c1,
+            "dispatch: listener, concurrency 1, beanstalkd on the other CPU",
+            rate["c1"],
             "jobs/s",
-            floor_rate,
-            "reserve/spawn/delete",
+            rate["floor"],
+            floor_name,
             ("ratio", ">=", 0.85),
-            f"listener {spread(runs['c1'])}; floor {spread(runs['floor'])}; "
-            f"CPU ms per job, the jobs aside: {per_job}",
+            f"{_where(layouts['apart'])}; listener {spread(runs['c1'])}; "
+            f"floor {spread(runs['floor'])}; CPU ms per job, the jobs aside: {per_job}",
+        ),
+        Figure(
+            "dispatch: the same, CPUs left to the scheduler (for scale)",
+            rate["c1-free"],
+            "jobs/s",
+            rate["floor-free"],
+            floor_name,
+            note=f"listener {spread(runs['c1-free'])}; "
+            f"floor {spread(runs['floor-free'])}",
+        ),
+        Figure(
+            "dispatch: the same, beanstalkd on the listener's CPU (for scale)",
+            rate["c1-same"],
+            "jobs/s",
+            rate["floor-same"],
+            floor_name,
+            note=f"{_where(layouts['same'])}; listener {spread(runs['c1-same'])}; "
+            f"floor {spread(runs['floor-same'])}",
         ),
         Figure(
             f"dispatch: with {EXTRA_TUBES} tubes of delayed jobs",
-            tubes,
+            rate["tubes"],
             "jobs/s",
-            c1,
+            rate["c1"],
             "listener, 1 tube",
             ("ratio", ">=", 0.9),
-            spread(runs["tubes"]),
+            f"beanstalkd on the other CPU, as for its floor: {spread(runs['tubes'])}",
         ),
         Figure(
             "dispatch: listener, concurrency 2",
-            c2,
+            rate["c2"],
             "jobs/s",
-            c1,
-            "concurrency 1",
+            rate["c1-free"],
+            "concurrency 1, CPUs free",
             ("ratio", ">=", 1.6),
-            spread(runs["c2"]),
+            "both cores run workers, so beanstalkd goes where the scheduler puts it, "
+            f"as for its floor: {spread(runs['c2'])}",
         ),
         Figure(
             "dispatch: 2 reserve/spawn/delete loops, a CPU each (for scale)",
-            floor2,
+            rate["floor2"],
             "jobs/s",
-            floor_rate,
-            "1 loop",
+            rate["floor-free"],
+            "1 loop, CPUs free",
             note="what this machine gives a second dispatcher: "
             + spread(runs["floor2"]),
         ),
@@ -261,6 +298,29 @@ def dispatch_figures(
     return figures, max(peaks)
 
 
+def _layouts() -> dict[str, tuple[int | None, list[int | None]]]:
+    """Returns each layout as (beanstalkd's CPU, the dispatchers' CPUs).
+
+    None leaves a process to the scheduler; so does every layout on one CPU.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return {where: (None, [None, None]) for where in LAYOUTS}
+    return {
+        "apart": (cpus[0], [cpus[1]]),
+        "free": (None, [None]),
+        "same": (cpus[0], [cpus[0]]),
+        "each": (None, cpus[:2]),
+    }
+
+
+def _where(layout: tuple[int | None, list[int | None]]) -> str:
+    server_cpu, cpus = layout
+    if server_cpu is None:
+        return "one CPU: nothing kept anywhere"
+    return f"beanstalkd on CPU {server_cpu}, the dispatcher and its jobs on {cpus[0]}"
+
+
 def _fill_extra_tubes(server: Server) -> None:
     body = json.dumps({"cmd": "/bin/true", "tube": "x"}).encode()
     for n in range(EXTRA_TUBES):
@@ -268,33 +328,32 @@ def _fill_extra_tubes(server: Server) -> None:
 
 
 def _dispatch(
-    server: Server, name: str, log: Path
+    server: Server, what: str, log: Path, cpus: list[int | None]
 ) -> tuple[float, float, float, float]:
     """Returns jobs/s, CPU ms per job, peak RSS and the PSS of one run.
 
-    A listener of two slots is counted with its two worker processes.
+    `what` is floor, floor2 (two floor loops, on cpus[0] and cpus[1]), c1 or
+    c2; the dispatcher keeps to cpus[0]. A listener of two slots is counted
+    with its two worker processes, which keep to a CPU each themselves.
     """
     tube = "bench-dispatch"
-    jobs = DISPATCH_JOBS * (2 if name in ("c2", "floor2") else 1)
-    if name == "floor":
+    jobs = DISPATCH_JOBS * (2 if what in ("c2", "floor2") else 1)
+    if what == "floor":
         argv = floor("dispatch", server.address, tube, str(DISPATCH_JOBS + 1))
-    elif name == "floor2":
-        argv = floor("dispatch", server.address, tube, "0", *_cpus()[:1])
+    elif what == "floor2":
+        argv = floor("dispatch", server.address, tube, "0")
     else:
-        concurrency = "2" if name == "c2" else "1"
+        concurrency = "2" if what == "c2" else "1"
         argv = tool("glow-listen", "--queue", server.address, "-c", concurrency)
     body = json.dumps({"cmd": "/bin/true", "tube": tube}).encode()
-    proc = start(argv, log)
-    if name == "floor2":
-        second = start(floor("dispatch", server.address, tube, "0", *_cpus()[1:2]), log)
-    else:
-        second = None
+    proc = start(argv, log, cpus[0])
+    second = start(argv, log, cpus[1]) if what == "floor2" else None
     try:
         # Watching keeps the tube, and its counters, after the floor has exited.
         with server.client(watch=tube) as client:
             put_pipelined(server.address, tube, [body])
             wait_deleted(client, tube, 1, timeout=15)
-            pids = [proc.pid, *(children(proc.pid) if name == "c2" else [])]
+            pids = [proc.pid, *(children(proc.pid) if what == "c2" else [])]
             pids += [second.pid] if second else []
             began, cpu = time.perf_counter(), sum(map(cpu_seconds, pids))
             put_pipelined(server.address, tube, [body] * jobs)
@@ -302,19 +361,13 @@ def _dispatch(
             rate = jobs / (time.perf_counter() - began)
             # The floor has exited by now, but is not reaped: its counters stay.
             used = sum(map(cpu_seconds, pids)) - cpu
-        peak = peak_rss_mb(proc.pid) if name != "floor" else 0.0
-        pss = pss_mb(pids) if name == "c2" else 0.0
+        peak = peak_rss_mb(proc.pid) if what in ("c1", "c2") else 0.0
+        pss = pss_mb(pids) if what == "c2" else 0.0
     finally:
         stop(proc)
         if second:
             stop(second)
     return rate, used * 1000 / jobs, peak, pss
-
-
-def _cpus() -> list[str]:
-    # The two floor loops keep to a CPU each, as two listener workers do.
-    cpus = sorted(os.sched_getaffinity(0))
-    return [str(cpu) for cpu in cpus[:2]] if len(cpus) >= 2 else []
 
 
 def latency_figures(server: Server, work: Path) -> tuple[list[Figure], float]:

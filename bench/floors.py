@@ -5,7 +5,7 @@ imports nothing from glowtools:
 
     floors.py put-raw HOST:PORT TUBE FILE        pipelined puts on a raw socket
     floors.py put-greenstalk HOST:PORT TUBE FILE one greenstalk put per line
-    floors.py dispatch HOST:PORT TUBE COUNT [CPU]  reserve, spawn, wait, delete
+    floors.py dispatch HOST:PORT TUBE COUNT      reserve, spawn, wait, delete
                                                  (COUNT 0: until a reserve waits 1 s)
 """
 
@@ -46,18 +46,13 @@ def put_greenstalk(address: str, tube: str, path: str) -> None:
             client.put(body)
 
 
-def dispatch(address: str, tube: str, count: int, cpu: int | None = None) -> None:
+def dispatch(address: str, tube: str, count: int) -> None:
     """Reserves `count` jobs, runs /bin/true for each and deletes it.
 
-    With `count` 0, runs until no job comes for a second. With `cpu`, the loop
-    and its commands keep to that CPU.
+    With `count` 0, runs until no job comes for a second.
     """
-    import os
-
     import greenstalk
 
-    if cpu is not None:
-        os.sched_setaffinity(0, {cpu})
     with greenstalk.Client(_split(address), encoding=None, watch=tube) as client:
         done = 0
         while done < count or not count:
@@ -82,6 +77,6 @@ if __name__ == "__main__":
     elif mode == "put-greenstalk":
         put_greenstalk(address, tube, arg)
     elif mode == "dispatch":
-        dispatch(address, tube, int(arg), *map(int, sys.argv[5:6]))
+        dispatch(address, tube, int(arg))
     else:
         sys.exit(f"floors.py: unknown mode {mode!r}")

@@ -34,11 +34,12 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.address = ""
 
-    def start(self) -> "Server":
+    def start(self, cpu: int | None = None) -> "Server":
+        """Starts beanstalkd, kept on `cpu` if one is given."""
         port = free_port()
         self.address = f"127.0.0.1:{port}"
         args = [BEANSTALKD, "-l", "127.0.0.1", "-p", str(port), "-z", "1048576"]
-        self.proc = subprocess.Popen(args)
+        self.proc = subprocess.Popen(args, preexec_fn=_kept_on(cpu))
         wait_until(self._answers, 5, "beanstalkd to answer")
         return self
 
@@ -58,10 +59,10 @@ class Server:
             self.proc.kill()
             self.proc.wait(5)
 
-    def restart(self) -> None:
+    def restart(self, cpu: int | None = None) -> None:
         """Starts a fresh server, so that one figure's jobs never meet the next's."""
         self.stop()
-        self.start()
+        self.start(cpu)
 
     def client(self, **kwargs) -> greenstalk.Client:
         return greenstalk.Client(("127.0.0.1", int(self.port)), encoding=None, **kwargs)
@@ -133,14 +134,28 @@ def cpu_timed_run(argv: list[str], stdin=None) -> tuple[float, float]:
     return wall, cpu
 
 
-def start(argv: list[str], log: Path | None = None) -> subprocess.Popen:
-    """Starts a long-running process, its stderr (and stdout) to `log`."""
+def start(
+    argv: list[str], log: Path | None = None, cpu: int | None = None
+) -> subprocess.Popen:
+    """Starts a long-running process, its stderr (and stdout) to `log`.
+
+    With `cpu`, the process, its threads and its children keep to that CPU.
+    """
     out = open(log, "ab") if log else subprocess.DEVNULL
     try:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_kept_on(cpu)
+        )
     finally:
         if log:
             out.close()
+
+
+def _kept_on(cpu: int | None) -> Callable[[], None] | None:
+    # Set in the child before its exec, so that every thread it starts inherits it.
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
 
 
 def stop(proc: subprocess.Popen) -> None:
