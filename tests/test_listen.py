@@ -298,9 +298,9 @@ def test_a_short_job_gets_one_log_line_when_it_ends(quiet_listener, client):
 
 
 def test_a_long_job_is_said_to_be_running_after_a_second(quiet_listener, client):
-    job_id = put("-t", "t", "--", "sleep", "1.5")
+    job_id = put("-t", "t", "--", "sleep", "3")
 
-    quiet_listener.wait_log(f"job {job_id} (tube t) running: sleep 1.5")
+    quiet_listener.wait_log(f"job {job_id} (tube t) running: sleep 3")
     assert "completed" not in quiet_listener.log
     quiet_listener.wait_log(f"job {job_id} (tube t) completed in")
 
