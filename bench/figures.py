@@ -196,6 +196,7 @@ DISPATCH_RUNS = (
     ("floor", "floor", "apart"),
     ("c1", "c1", "apart"),
     ("tubes", "c1", "apart"),
+    ("c1-v", "c1-v", "apart"),
     ("floor-free", "floor", "free"),
     ("c1-free", "c1", "free"),
     ("floor-same", "floor", "same"),
@@ -239,6 +240,14 @@ def dispatch_figures(
             ("ratio", ">=", 0.85),
             f"{_where(layouts['apart'])}; listener {spread(runs['c1'])}; "
             f"floor {spread(runs['floor'])}; CPU ms per job, the jobs aside: {per_job}",
+        ),
+        Figure(
+            "dispatch: the same with -v, a line at each job's start too (for scale)",
+            rate["c1-v"],
+            "jobs/s",
+            rate["floor"],
+            floor_name,
+            note=f"listener {spread(runs['c1-v'])}",
         ),
         Figure(
             "dispatch: the same, CPUs left to the scheduler (for scale)",
@@ -332,9 +341,10 @@ def _dispatch(
 ) -> tuple[float, float, float, float]:
     """Returns jobs/s, CPU ms per job, peak RSS and the PSS of one run.
 
-    `what` is floor, floor2 (two floor loops, on cpus[0] and cpus[1]), c1 or
-    c2; the dispatcher keeps to cpus[0]. A listener of two slots is counted
-    with its two worker processes, which keep to a CPU each themselves.
+    `what` is floor, floor2 (two floor loops, on cpus[0] and cpus[1]), c1,
+    c1-v (with -v) or c2; the dispatcher keeps to cpus[0]. A listener of two
+    slots is counted with its two worker processes, which keep to a CPU each
+    themselves.
     """
     tube = "bench-dispatch"
     jobs = DISPATCH_JOBS * (2 if what in ("c2", "floor2") else 1)
@@ -345,6 +355,7 @@ def _dispatch(
     else:
         concurrency = "2" if what == "c2" else "1"
         argv = tool("glow-listen", "--queue", server.address, "-c", concurrency)
+        argv += ["-v"] if what == "c1-v" else []
     body = json.dumps({"cmd": "/bin/true", "tube": tube}).encode()
     proc = start(argv, log, cpus[0])
     second = start(argv, log, cpus[1]) if what == "floor2" else None
@@ -361,7 +372,7 @@ def _dispatch(
             rate = jobs / (time.perf_counter() - began)
             # The floor has exited by now, but is not reaped: its counters stay.
             used = sum(map(cpu_seconds, pids)) - cpu
-        peak = peak_rss_mb(proc.pid) if what in ("c1", "c2") else 0.0
+        peak = peak_rss_mb(proc.pid) if what.startswith("c") else 0.0
         pss = pss_mb(pids) if what == "c2" else 0.0
     finally:
         stop(proc)
