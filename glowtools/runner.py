@@ -17,10 +17,10 @@ from .job import Job
 _READ_SIZE = 65536
 # Python ignores these; a command expects them as they are by default.
 _DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
-# For its first seconds a job is watched for its end only, not for output: each
-# of its pipes closing would wake the listener on its own (and preempt the job
-# as it exits). Output waits in the pipes meanwhile; a job that fills one
-# stalls for at most this long, once.
+# For this many seconds after its start a job is watched for its end only, not
+# for output: each of its pipes closing would wake the listener on its own (and
+# preempt the job as it exits). Output waits in the pipes meanwhile; a job that
+# fills one stalls for at most this long, once.
 _QUIET_START = 0.01
 
 
