@@ -372,7 +372,7 @@ def _dispatch(
             rate = jobs / (time.perf_counter() - began)
             # The floor has exited by now, but is not reaped: its counters stay.
             used = sum(map(cpu_seconds, pids)) - cpu
-        peak = peak_rss_mb(proc.pid) if what.startswith("c") else 0.0
+        peak = 0.0 if what.startswith("floor") else peak_rss_mb(proc.pid)
         pss = pss_mb(pids) if what == "c2" else 0.0
     finally:
         stop(proc)

@@ -176,15 +176,16 @@ class Listener(Daemon):
 def daemons(beanstalkd, tmp_path) -> Iterator[Callable[..., Daemon]]:
     """Starts tools as daemons on the test's beanstalkd; kills them after.
 
-    `daemons("glow-dep", "-vv")` returns once the tool has logged its connection.
+    `daemons("glow-dep", "-vv")` returns once the tool has logged its connection
+    (a debug line), or `ready` when the tool runs without -v.
     """
     started: list[Daemon] = []
 
-    def start(*args: str, env: dict | None = None) -> Daemon:
+    def start(*args: str, env: dict | None = None, ready="connected to") -> Daemon:
         log = tmp_path / f"{args[0]}{len(started)}.log"
         daemon = Daemon(list(args), log, env)
         started.append(daemon)
-        daemon.wait_log("connected to")
+        daemon.wait_log(ready)
         return daemon
 
     yield start

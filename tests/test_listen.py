@@ -8,7 +8,7 @@ import time
 
 import greenstalk
 import pytest
-from conftest import Daemon, error_reports, wait_for
+from conftest import error_reports, wait_for
 from support import gone, put
 
 
@@ -279,14 +279,9 @@ def test_sighup_reopens_the_log_file(beanstalkd, tmp_path, listen):
 
 
 @pytest.fixture
-def quiet_listener(beanstalkd, tmp_path):
+def quiet_listener(daemons):
     """A glow-listen without -v: INFO lines only."""
-    listener = Daemon(["glow-listen", "--tubes", "t"], tmp_path / "quiet.log")
-    try:
-        listener.wait_log("slot(s)")
-        yield listener
-    finally:
-        listener.kill()
+    return daemons("glow-listen", "--tubes", "t", ready="slot(s)")
 
 
 def test_a_short_job_gets_one_log_line_when_it_ends(quiet_listener, client):
